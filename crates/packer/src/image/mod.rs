@@ -1,0 +1,150 @@
+//! Image handling: header probe, decode, perceptual/content hashes, re-encoding.
+//!
+//! INTERFACE CONTRACT (used by `build.rs`; keep these signatures):
+//! - [`probe`]: format sniffed from content (never from the file extension), size and EXIF
+//!   orientation, without decoding pixels.
+//! - [`analyze`]: probe + limits check + (optionally) perceptual hashes. Any failure is an
+//!   [`ImageError`] whose `Display` is a short, user-facing reject reason.
+//! - [`content_hash`]: 128-bit hash of the raw bytes for exact-duplicate detection.
+//! - [`reencode_within`]: re-encode an image above `max_pixels` to the largest size within it.
+
+use serde::Serialize;
+use thiserror::Error;
+
+/// Perceptual-hash mode (`--phash`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhashMode {
+    /// From a reduced-scale decode (JPEG DCT scaling); within a few bits of `exact`.
+    Fast,
+    /// Bit-identical to `imagehash.phash` with the pinned Pillow.
+    Exact,
+    /// No decode at all: header probe and structural checks only.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+    Bmp,
+    Tiff,
+}
+
+impl ImageFormat {
+    /// File extension used for the tar member.
+    pub fn ext(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Png => "png",
+            ImageFormat::Webp => "webp",
+            ImageFormat::Gif => "gif",
+            ImageFormat::Bmp => "bmp",
+            ImageFormat::Tiff => "tiff",
+        }
+    }
+}
+
+/// What the header tells without decoding pixels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageInfo {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    /// EXIF orientation 1..=8 (1 when absent).
+    pub orientation: u8,
+    /// Pixel layout as decoded, e.g. "rgb8", "l8", "rgba8", "la16", "cmyk8", "p8".
+    pub color: String,
+    /// More than one frame (animated GIF/WebP/APNG); hashes use the first frame.
+    pub animated: bool,
+}
+
+/// Limits applied before any pixel is decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Reject images with more pixels than this (decompression-bomb guard).
+    pub max_image_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // Same as Pillow's DecompressionBombError threshold (2 × MAX_IMAGE_PIXELS).
+        Limits { max_image_pixels: 178_956_970 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Analysis {
+    pub info: ImageInfo,
+    pub phash: Option<u64>,
+    pub dhash: Option<u64>,
+}
+
+/// A per-image failure; its `Display` is the reject reason written to `rejects.jsonl`.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ImageError {
+    #[error("empty file")]
+    Empty,
+    #[error("unrecognised image format")]
+    UnknownFormat,
+    #[error("corrupt {format} header: {detail}")]
+    BadHeader { format: &'static str, detail: String },
+    #[error("decompression bomb: {width}x{height} exceeds the {limit}-pixel limit")]
+    TooLarge { width: u32, height: u32, limit: u64 },
+    #[error("truncated {format} data")]
+    Truncated { format: &'static str },
+    #[error("corrupt {format} data: {detail}")]
+    Corrupt { format: &'static str, detail: String },
+    #[error("unsupported image: {0}")]
+    Unsupported(String),
+    #[error("re-encode failed: {0}")]
+    Encode(String),
+}
+
+pub type ImageResult<T> = std::result::Result<T, ImageError>;
+
+/// An image re-encoded by [`reencode_within`].
+#[derive(Debug, Clone)]
+pub struct Reencoded {
+    pub bytes: Vec<u8>,
+    pub info: ImageInfo,
+}
+
+/// Sniff the format from the bytes and read size/orientation from the header only.
+pub fn probe(_bytes: &[u8]) -> ImageResult<ImageInfo> {
+    todo!("image helper")
+}
+
+/// Probe, enforce `limits`, and compute perceptual hashes as `mode` asks
+/// (`dhash` only when `want_dhash`). With `PhashMode::Off` no pixels are decoded, but
+/// cheap structural checks (e.g. JPEG EOI present) still run.
+pub fn analyze(
+    _bytes: &[u8],
+    _mode: PhashMode,
+    _want_dhash: bool,
+    _limits: &Limits,
+) -> ImageResult<Analysis> {
+    todo!("image helper")
+}
+
+/// 128-bit content hash (BLAKE3, truncated) of the exact bytes.
+pub fn content_hash(bytes: &[u8]) -> [u8; 16] {
+    let h = blake3::hash(bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.as_bytes()[..16]);
+    out
+}
+
+/// If `info` has more than `max_pixels` pixels, decode, apply EXIF orientation, resize to the
+/// largest size within `max_pixels` keeping the aspect ratio, and re-encode in the same
+/// format family (JPEG q=95; lossless formats as PNG). Returns `None` when no change is needed.
+pub fn reencode_within(
+    _bytes: &[u8],
+    _info: &ImageInfo,
+    _max_pixels: u64,
+) -> ImageResult<Option<Reencoded>> {
+    todo!("image helper")
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent setup: a virtualenv cached outside the clone, keyed by the requirements hash,
+# plus the native extension built into it. Prints the venv path on its last line.
+#   scripts/setup.sh            # deps + release build of the extension
+#   SKIP_BUILD=1 scripts/setup.sh   # deps only
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${LLAVA_OV15_CACHE:-$HOME/.cache/llava-ov15}"
+key="$(cat "$root/requirements/dev.txt" | sha256sum | cut -c1-12)"
+venv="$cache/venv-$key"
+py="${PYTHON:-python3}"
+
+if [ ! -f "$venv/.complete" ]; then
+  echo "setup: creating $venv (first run downloads torch, a few GB)" >&2
+  rm -rf "$venv"
+  mkdir -p "$cache"
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -r "$root/requirements/dev.txt"
+  touch "$venv/.complete"
+fi
+
+# System tools some tests need (Java for the COCO scorer, nasm for libjpeg-turbo SIMD).
+need=()
+command -v nasm >/dev/null 2>&1 || need+=(nasm)
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: apt-get install ${need[*]}" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null
+  else
+    echo "setup: warning: missing ${need[*]} (run as root or install them)" >&2
+  fi
+fi
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  echo "setup: building the native extension (release)" >&2
+  (cd "$root" && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" \
+    "$venv/bin/maturin" develop --release --quiet >&2)
+fi
+echo "$venv"
