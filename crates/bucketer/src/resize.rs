@@ -5,7 +5,7 @@
 
 use thiserror::Error;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq)]
 pub enum ResizeError {
     #[error("image has a zero side ({height}x{width})")]
     Empty { height: u32, width: u32 },

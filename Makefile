@@ -1,0 +1,45 @@
+# llava-ov15 — run `make help` for the targets.
+# The virtualenv lives outside the clone (~/.cache/llava-ov15/venv-<hash of requirements>).
+SHELL := /bin/bash
+VENV = $(shell SKIP_BUILD=1 scripts/setup.sh 2>/dev/null | tail -n 1)
+PY = $(VENV)/bin/python
+
+.PHONY: help setup build demo test test-rust test-python lint fmt bench wheel clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## create/reuse the cached venv and build the native extension (release)
+	scripts/setup.sh
+
+demo: setup ## generate a demo corpus and run `llava-pack build` on it
+	$(PY) -m llava_ov15.demo --out demo-out
+
+test: setup ## all tests: Rust (cargo test) and Python (pytest)
+	scripts/test.sh
+
+test-rust: ## Rust unit, integration and property tests
+	cargo test --workspace --exclude llava-ov15-native
+
+test-python: setup ## Python tests only
+	$(PY) -m pytest tests -q
+
+lint: ## rustfmt, clippy, ruff
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+
+fmt: ## format Rust and Python sources
+	cargo fmt --all
+	$(VENV)/bin/ruff check --fix python tests benches
+
+bench: setup ## criterion benches + build comparison against the Python peer
+	cargo bench -p llava-packer
+	$(PY) benches/compare_build.py
+
+wheel: ## build a release wheel into dist/
+	$(VENV)/bin/maturin build --release --out dist
+
+clean: ## remove build outputs (not the cached venv)
+	cargo clean
+	rm -rf dist demo-out

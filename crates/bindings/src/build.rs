@@ -1,0 +1,120 @@
+//! `build(...)`: runs `packer::build` on a worker thread so the calling thread can keep
+//! answering Ctrl-C (the job then stops at the next chunk, leaving a resumable checkpoint).
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use packer::{BuildOptions, DedupMode, PhashMode, Progress};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+fn parse_phash(s: &str) -> PyResult<PhashMode> {
+    match s {
+        "fast" => Ok(PhashMode::Fast),
+        "exact" => Ok(PhashMode::Exact),
+        "off" => Ok(PhashMode::Off),
+        _ => Err(PyValueError::new_err(format!("--phash must be fast, exact or off, not {s:?}"))),
+    }
+}
+
+fn parse_progress(s: &str) -> PyResult<Progress> {
+    match s {
+        "auto" => Ok(Progress::Auto),
+        "bar" => Ok(Progress::Bar),
+        "log" => Ok(Progress::Log),
+        "quiet" => Ok(Progress::Quiet),
+        _ => Err(PyValueError::new_err(format!("--progress must be auto, bar, log or quiet, not {s:?}"))),
+    }
+}
+
+/// Build WebDataset shards from a corpus; returns the summary as a JSON string.
+#[pyfunction]
+#[pyo3(signature = (input, output, *, image_root=None, prefix="shard".to_string(),
+    shard_size=1u64 << 30, samples_per_shard=10_000, workers=0, phash="fast", dhash=false,
+    dedup="exact", max_pixels=None, max_image_pixels=None, max_file_bytes=None,
+    resume=false, overwrite=false, progress="auto"))]
+#[allow(clippy::too_many_arguments)]
+fn build(
+    py: Python<'_>,
+    input: String,
+    output: PathBuf,
+    image_root: Option<PathBuf>,
+    prefix: String,
+    shard_size: u64,
+    samples_per_shard: u64,
+    workers: usize,
+    phash: &str,
+    dhash: bool,
+    dedup: &str,
+    max_pixels: Option<u64>,
+    max_image_pixels: Option<u64>,
+    max_file_bytes: Option<u64>,
+    resume: bool,
+    overwrite: bool,
+    progress: &str,
+) -> PyResult<String> {
+    let mut o = BuildOptions::new(input, output);
+    o.image_root = image_root;
+    o.prefix = prefix;
+    o.shard_size = shard_size;
+    o.samples_per_shard = samples_per_shard;
+    o.workers = workers;
+    o.phash = parse_phash(phash)?;
+    o.dhash = dhash;
+    o.dedup = match dedup {
+        "exact" => DedupMode::Exact,
+        "off" => DedupMode::Off,
+        _ => return Err(PyValueError::new_err(format!("--dedup must be exact or off, not {dedup:?}"))),
+    };
+    o.max_pixels = max_pixels;
+    if let Some(n) = max_image_pixels {
+        o.max_image_pixels = n;
+    }
+    if let Some(n) = max_file_bytes {
+        o.max_file_bytes = n;
+    }
+    o.resume = resume;
+    o.overwrite = overwrite;
+    o.progress = parse_progress(progress)?;
+    o.validate().map_err(crate::to_py_err)?;
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let job_cancel = cancel.clone();
+    let handle = std::thread::Builder::new()
+        .name("llava-pack-build".into())
+        .spawn(move || {
+            let r = packer::build(&o, &job_cancel);
+            let _ = tx.send(r);
+        })
+        .map_err(|e| PyValueError::new_err(format!("cannot start build thread: {e}")))?;
+    let mut interrupted: Option<PyErr> = None;
+    let result = loop {
+        match py.detach(|| rx.recv_timeout(Duration::from_millis(100))) {
+            Ok(r) => break r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if interrupted.is_none() {
+                    if let Err(e) = py.check_signals() {
+                        cancel.store(true, Ordering::Relaxed);
+                        interrupted = Some(e);
+                    }
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(PyValueError::new_err("build thread panicked"));
+            }
+        }
+    };
+    let _ = handle.join();
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    let summary = result.map_err(crate::to_py_err)?;
+    Ok(serde_json::to_string(&summary).expect("summary serialises"))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(build, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The build job: ordered parallel processing, dedup, sharding, checkpoints and resume.
+//!
+//! Threads: the calling thread reads records in chunks and hands each chunk to a rayon pool
+//! (`--workers`), which returns outcomes in input order; a writer thread consumes them. The
+//! bounded channel between the two keeps at most two chunks in flight, so memory stays flat
+//! however large the corpus.
+
+mod options;
+mod process;
+mod progress;
+mod state;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+pub use options::{BuildOptions, DedupMode, Progress};
+pub use state::Stats;
+
+use crate::error::{PackError, Result};
+use crate::input::{self, Record};
+use process::{Ctx, Processed};
+use state::{write_atomic, Checkpoint, StatePaths};
+use writer::Writer;
+
+/// Records processed per parallel chunk and worker (bounds memory: images are held in RAM
+/// between load and write).
+const CHUNK_PER_WORKER: usize = 32;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildSummary {
+    pub records: u64,
+    pub samples: u64,
+    pub rejects: u64,
+    pub shards: u64,
+    pub bytes: u64,
+    /// Wall time of this invocation (a resumed job counts only its own run).
+    pub seconds: f64,
+    pub resumed_from: u64,
+    pub output: PathBuf,
+    pub stats: Stats,
+}
+
+pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
+    opts.validate()?;
+    let started = Instant::now();
+    let mut source = input::open(&opts.input, opts.image_root.as_deref())?;
+    let files: Vec<PathBuf> = source.files().to_vec();
+    let file_sizes: Vec<(String, u64)> = files
+        .iter()
+        .map(|f| (f.display().to_string(), std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)))
+        .collect();
+    let fingerprint = opts.fingerprint(&file_sizes);
+    let ckpt = prepare_output(opts, &fingerprint)?;
+    let resumed_from = ckpt.next_index;
+    if ckpt.complete {
+        log(opts, &format!("llava-pack: {} is already complete", opts.output.display()));
+        return Ok(summary(opts, &ckpt, started, resumed_from));
+    }
+    if resumed_from > 0 {
+        source.skip(resumed_from)?;
+        log(opts, &format!("llava-pack: resuming after {resumed_from} records ({} shards)", ckpt.shards.len()));
+    }
+
+    let workers = opts.worker_count();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("llava-pack-{i}"))
+        .build()
+        .map_err(|e| PackError::InvalidOption(format!("--workers: {e}")))?;
+    let ctx = Ctx::new(opts, &files);
+    let mut writer = Writer::open(opts, &files, ckpt)?;
+    let counters = Arc::new(progress::Counters::default());
+    counters.records.store(resumed_from, Ordering::Relaxed);
+    let reporter = progress::Reporter::start(opts.progress, counters.clone(), source.progress().1);
+
+    let chunk = (workers * CHUNK_PER_WORKER).max(64);
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<Processed>>(2);
+    let next = AtomicU64::new(resumed_from);
+    let result = std::thread::scope(|s| -> Result<Checkpoint> {
+        let wcounters = counters.clone();
+        let handle = s.spawn(move || -> Result<Writer> {
+            for batch in rx {
+                for p in batch {
+                    writer.handle(p)?;
+                }
+                let st = &writer.ckpt.stats;
+                wcounters.samples.store(st.samples, Ordering::Relaxed);
+                wcounters.rejects.store(st.rejects, Ordering::Relaxed);
+                wcounters.shards.store(writer.ckpt.shards.len() as u64, Ordering::Relaxed);
+            }
+            Ok(writer)
+        });
+        let read = (|| -> Result<()> {
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(PackError::Cancelled);
+                }
+                let mut recs: Vec<Record> = Vec::with_capacity(chunk);
+                while recs.len() < chunk {
+                    match source.next_record() {
+                        Some(r) => recs.push(r?),
+                        None => break,
+                    }
+                }
+                if recs.is_empty() {
+                    return Ok(());
+                }
+                let end = recs.last().map(|r| r.index + 1).unwrap();
+                let out: Vec<Processed> =
+                    pool.install(|| recs.into_par_iter().map(|r| process::process(r, &ctx)).collect());
+                next.store(end, Ordering::Relaxed);
+                counters.records.store(end, Ordering::Relaxed);
+                counters.bytes.store(source.progress().0, Ordering::Relaxed);
+                if tx.send(out).is_err() {
+                    return Ok(()); // writer failed; its error is reported below
+                }
+            }
+        })();
+        drop(tx);
+        let writer = handle.join().expect("writer thread panicked")?;
+        read?;
+        writer.finish(next.load(Ordering::Relaxed))
+    });
+    reporter.stop();
+    let mut ckpt = result?;
+    finalize(opts, &mut ckpt, &fingerprint, started, resumed_from)?;
+    let s = summary(opts, &ckpt, started, resumed_from);
+    log(
+        opts,
+        &format!(
+            "llava-pack: {} records → {} samples in {} shards ({:.1} MB), {} rejects, {:.1}s",
+            s.records,
+            s.samples,
+            s.shards,
+            s.bytes as f64 / 1e6,
+            s.rejects,
+            s.seconds
+        ),
+    );
+    Ok(s)
+}
+
+fn log(opts: &BuildOptions, msg: &str) {
+    if opts.progress != Progress::Quiet {
+        eprintln!("{msg}");
+    }
+}
+
+fn summary(opts: &BuildOptions, c: &Checkpoint, started: Instant, resumed_from: u64) -> BuildSummary {
+    BuildSummary {
+        records: c.stats.records,
+        samples: c.stats.samples,
+        rejects: c.stats.rejects,
+        shards: c.shards.len() as u64,
+        bytes: c.shards.iter().map(|s| s.bytes).sum(),
+        seconds: started.elapsed().as_secs_f64(),
+        resumed_from,
+        output: opts.output.clone(),
+        stats: c.stats.clone(),
+    }
+}
+
+/// Create or validate the output directory and return the checkpoint to continue from.
+fn prepare_output(opts: &BuildOptions, fingerprint: &serde_json::Value) -> Result<Checkpoint> {
+    let out = &opts.output;
+    let paths = StatePaths::new(out);
+    let oerr = |p: &Path, e: std::io::Error| PackError::output(p, e);
+    if out.exists() && !out.is_dir() {
+        return Err(PackError::output(out, "exists and is not a directory"));
+    }
+    let has_job = paths.job.exists();
+    let non_empty = out.is_dir() && std::fs::read_dir(out).map_err(|e| oerr(out, e))?.next().is_some();
+    if opts.overwrite && has_job {
+        clean_previous(out, &opts.prefix)?;
+    } else if opts.resume && has_job {
+        let prev: serde_json::Value = std::fs::read(&paths.job)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| PackError::Resume(format!("{} is unreadable", paths.job.display())))?;
+        if &prev != fingerprint {
+            return Err(PackError::Resume(format!(
+                "{} was built with different input or options; rerun with the same ones or use --overwrite",
+                out.display()
+            )));
+        }
+        let ckpt = match std::fs::read(&paths.checkpoint) {
+            Ok(b) => serde_json::from_slice::<Checkpoint>(&b)
+                .map_err(|e| PackError::Resume(format!("corrupt checkpoint: {e}")))?,
+            Err(_) => Checkpoint::empty(),
+        };
+        remove_uncommitted(out, &opts.prefix, &ckpt)?;
+        return Ok(ckpt);
+    } else if has_job {
+        return Err(PackError::output(
+            out,
+            "holds a previous llava-pack build; pass --resume to continue it or --overwrite to replace it",
+        ));
+    } else if non_empty {
+        return Err(PackError::output(out, "is not empty and holds no llava-pack build; choose an empty directory"));
+    }
+    std::fs::create_dir_all(&paths.dir).map_err(|e| oerr(&paths.dir, e))?;
+    let data = serde_json::to_vec_pretty(fingerprint).expect("fingerprint serialises");
+    write_atomic(&paths.job, &data).map_err(|e| oerr(&paths.job, e))?;
+    Ok(Checkpoint::empty())
+}
+
+/// Is `name` one of our shard files (`{prefix}-NNNNNN.tar[.idx|.partial]`)? Returns its number.
+fn shard_number(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let digits = rest.split('.').next()?;
+    let tail = &rest[digits.len()..];
+    let ok_tail = matches!(tail, ".tar" | ".tar.idx" | ".tar.partial" | ".tar.idx.tmp" | ".tar.idx.partial");
+    (digits.len() == 6 && ok_tail).then(|| digits.parse().ok()).flatten()
+}
+
+/// Delete shards past the checkpoint and any partial files (a crash may leave either).
+fn remove_uncommitted(out: &Path, prefix: &str, ckpt: &Checkpoint) -> Result<()> {
+    let committed = ckpt.shards.len() as u32;
+    for entry in std::fs::read_dir(out).map_err(|e| PackError::output(out, e))? {
+        let entry = entry.map_err(|e| PackError::output(out, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = match shard_number(&name, prefix) {
+            Some(n) => n >= committed || name.ends_with(".partial") || name.ends_with(".tmp"),
+            None => false,
+        };
+        if stale {
+            std::fs::remove_file(entry.path()).map_err(|e| PackError::output(entry.path(), e))?;
+        }
+    }
+    // Final artifacts are rewritten at the end; a stale copy must not look current.
+    for f in ["manifest.json", "stats.json"] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+    Ok(())
+}
+
+fn clean_previous(out: &Path, prefix: &str) -> Result<()> {
+    for entry in std::fs::read_dir(out).map_err(|e| PackError::output(out, e))? {
+        let entry = entry.map_err(|e| PackError::output(out, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = shard_number(&name, prefix).is_some()
+            || matches!(name.as_str(), "manifest.json" | "stats.json" | "rejects.jsonl");
+        if ours {
+            std::fs::remove_file(entry.path()).map_err(|e| PackError::output(entry.path(), e))?;
+        }
+    }
+    for d in [".llava-pack", ".nv-meta"] {
+        let p = out.join(d);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| PackError::output(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `.nv-meta/`, `manifest.json` (deterministic) and `stats.json`, then mark complete.
+fn finalize(
+    opts: &BuildOptions,
+    ckpt: &mut Checkpoint,
+    fingerprint: &serde_json::Value,
+    started: Instant,
+    resumed_from: u64,
+) -> Result<()> {
+    let out = &opts.output;
+    let oerr = |p: PathBuf, e: std::io::Error| PackError::output(p, e);
+    crate::shard::write_energon_meta(out, &ckpt.shards).map_err(|e| oerr(out.join(".nv-meta"), e))?;
+    let st = &ckpt.stats;
+    let manifest = json!({
+        "format_version": crate::FORMAT_VERSION,
+        "tool": format!("llava-pack {}", env!("CARGO_PKG_VERSION")),
+        "shards": ckpt.shards,
+        "totals": {
+            "shards": ckpt.shards.len(),
+            "samples": st.samples,
+            "bytes": ckpt.shards.iter().map(|s| s.bytes).sum::<u64>(),
+            "records": st.records,
+            "rejects": st.rejects,
+        },
+        "options": fingerprint,
+    });
+    let p = out.join("manifest.json");
+    write_atomic(&p, &serde_json::to_vec_pretty(&manifest).unwrap()).map_err(|e| oerr(p, e))?;
+    let secs = started.elapsed().as_secs_f64();
+    let this_run = st.records.saturating_sub(resumed_from);
+    let bytes: u64 = ckpt.shards.iter().map(|s| s.bytes).sum();
+    let mut stats = serde_json::to_value(st).expect("stats serialise");
+    stats["histograms"] = st.histograms();
+    stats["throughput"] = json!({
+        "seconds": secs,
+        "records_this_run": this_run,
+        "records_per_second": this_run as f64 / secs.max(1e-9),
+        "workers": opts.worker_count(),
+        "resumed_from": resumed_from,
+        "output_bytes": bytes,
+    });
+    let p = out.join("stats.json");
+    write_atomic(&p, &serde_json::to_vec_pretty(&stats).unwrap()).map_err(|e| oerr(p, e))?;
+    ckpt.complete = true;
+    let paths = StatePaths::new(out);
+    let data = serde_json::to_vec_pretty(&ckpt).expect("checkpoint serialises");
+    write_atomic(&paths.checkpoint, &data).map_err(|e| oerr(paths.checkpoint.clone(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_number;
+
+    #[test]
+    fn recognises_only_our_shard_files() {
+        assert_eq!(shard_number("shard-000012.tar", "shard"), Some(12));
+        assert_eq!(shard_number("shard-000012.tar.idx", "shard"), Some(12));
+        assert_eq!(shard_number("shard-000012.tar.partial", "shard"), Some(12));
+        assert_eq!(shard_number("shard-12.tar", "shard"), None);
+        assert_eq!(shard_number("other-000012.tar", "shard"), None);
+        assert_eq!(shard_number("shard-000012.txt", "shard"), None);
+    }
+}

@@ -1,0 +1,182 @@
+//! Build options, their validation, and the fingerprint that ties a checkpoint to its job.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::error::{PackError, Result};
+use crate::image::PhashMode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupMode {
+    /// Drop samples whose images exactly repeat an earlier sample's (default).
+    Exact,
+    /// Keep everything.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Progress bar on a terminal, periodic log lines otherwise.
+    Auto,
+    Bar,
+    Log,
+    Quiet,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// A file or a glob (`dir/*.parquet`); see [`crate::input::open`].
+    pub input: String,
+    pub output: PathBuf,
+    /// Root for relative image paths (default: each input file's folder).
+    pub image_root: Option<PathBuf>,
+    /// Shard file prefix: `{prefix}-{000000}.tar`.
+    pub prefix: String,
+    /// Upper bound on a shard's size in bytes (a single larger sample gets a shard of its own).
+    pub shard_size: u64,
+    pub samples_per_shard: u64,
+    /// Worker threads; 0 = all cores.
+    pub workers: usize,
+    pub phash: PhashMode,
+    pub dhash: bool,
+    pub dedup: DedupMode,
+    /// Re-encode images above this many pixels to fit within it.
+    pub max_pixels: Option<u64>,
+    /// Reject images above this many pixels before decoding (decompression-bomb guard).
+    pub max_image_pixels: u64,
+    /// Reject image files larger than this many bytes before reading them.
+    pub max_file_bytes: u64,
+    pub resume: bool,
+    pub overwrite: bool,
+    pub progress: Progress,
+}
+
+impl BuildOptions {
+    /// Defaults matching the `llava-pack build` command line.
+    pub fn new(input: impl Into<String>, output: impl Into<PathBuf>) -> Self {
+        BuildOptions {
+            input: input.into(),
+            output: output.into(),
+            image_root: None,
+            prefix: "shard".into(),
+            shard_size: 1 << 30,
+            samples_per_shard: 10_000,
+            workers: 0,
+            phash: PhashMode::Fast,
+            dhash: false,
+            dedup: DedupMode::Exact,
+            max_pixels: None,
+            max_image_pixels: crate::image::Limits::default().max_image_pixels,
+            max_file_bytes: 256 << 20,
+            resume: false,
+            overwrite: false,
+            progress: Progress::Auto,
+        }
+    }
+
+    /// Checks every option before any work starts; errors name the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(PackError::InvalidOption(m));
+        if self.input.trim().is_empty() {
+            return bad("--input is empty".into());
+        }
+        if self.prefix.is_empty()
+            || self.prefix.len() > 40
+            || !self.prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return bad(format!(
+                "--prefix {:?} must be 1-40 characters of [A-Za-z0-9_-]",
+                self.prefix
+            ));
+        }
+        if self.shard_size < 4096 {
+            return bad(format!("--shard-size {} is below the 4096-byte minimum", self.shard_size));
+        }
+        if self.samples_per_shard == 0 {
+            return bad("--samples-per-shard must be at least 1".into());
+        }
+        if self.workers > 1024 {
+            return bad(format!("--workers {} is not a sensible thread count", self.workers));
+        }
+        if self.max_pixels == Some(0) {
+            return bad("--max-pixels must be positive".into());
+        }
+        if self.max_image_pixels == 0 {
+            return bad("--max-image-pixels must be positive".into());
+        }
+        if self.resume && self.overwrite {
+            return bad("--resume and --overwrite exclude each other".into());
+        }
+        Ok(())
+    }
+
+    /// Worker threads to use (resolves 0 to the number of cores).
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.workers
+        }
+    }
+
+    /// Everything that influences the bytes written (not workers or progress display).
+    /// `--resume` refuses to continue a job whose fingerprint differs.
+    pub fn fingerprint(&self, files: &[(String, u64)]) -> Value {
+        json!({
+            "format_version": crate::FORMAT_VERSION,
+            "input": self.input,
+            "input_files": files.iter().map(|(p, n)| json!({"path": p, "bytes": n})).collect::<Vec<_>>(),
+            "image_root": self.image_root.as_ref().map(|p| p.display().to_string()),
+            "prefix": self.prefix,
+            "shard_size": self.shard_size,
+            "samples_per_shard": self.samples_per_shard,
+            "phash": self.phash,
+            "dhash": self.dhash,
+            "dedup": self.dedup,
+            "max_pixels": self.max_pixels,
+            "max_image_pixels": self.max_image_pixels,
+            "max_file_bytes": self.max_file_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        BuildOptions::new("a.jsonl", "out").validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_options_name_the_option() {
+        let mut o = BuildOptions::new("a.jsonl", "out");
+        o.prefix = "a/b".into();
+        assert!(o.validate().unwrap_err().to_string().contains("--prefix"));
+        let mut o = BuildOptions::new("a.jsonl", "out");
+        o.shard_size = 10;
+        assert!(o.validate().unwrap_err().to_string().contains("--shard-size"));
+        let mut o = BuildOptions::new("a.jsonl", "out");
+        o.samples_per_shard = 0;
+        assert!(o.validate().unwrap_err().to_string().contains("--samples-per-shard"));
+        let mut o = BuildOptions::new("a.jsonl", "out");
+        o.resume = true;
+        o.overwrite = true;
+        assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn fingerprint_ignores_workers_and_progress() {
+        let a = BuildOptions::new("a.jsonl", "out");
+        let mut b = a.clone();
+        b.workers = 7;
+        b.progress = Progress::Quiet;
+        assert_eq!(a.fingerprint(&[]), b.fingerprint(&[]));
+        b.shard_size += 1;
+        assert_ne!(a.fingerprint(&[]), b.fingerprint(&[]));
+    }
+}

@@ -1,0 +1,197 @@
+//! Per-record work, run on worker threads: parse, load images, probe, hash, re-encode.
+//!
+//! Nothing here touches shared state, so records can be processed in any order; the
+//! writer restores input order.
+
+use std::path::{Path, PathBuf};
+
+use crate::image::{self, Analysis, ImageError, ImageInfo, Limits, PhashMode};
+use crate::input::{self, ImageRef, Payload, Record, Sample};
+
+use super::options::BuildOptions;
+
+/// Most images one sample may carry (keeps member names within the tar name limit).
+pub const MAX_IMAGES_PER_SAMPLE: usize = 999;
+
+/// Settings the workers need, resolved once per job.
+pub struct Ctx {
+    pub roots: Vec<PathBuf>,
+    pub phash: PhashMode,
+    pub dhash: bool,
+    pub limits: Limits,
+    pub max_pixels: Option<u64>,
+    pub max_file_bytes: u64,
+}
+
+impl Ctx {
+    pub fn new(opts: &BuildOptions, files: &[PathBuf]) -> Self {
+        Ctx {
+            roots: files.iter().map(|f| input::image_root_for(f, opts.image_root.as_deref())).collect(),
+            phash: opts.phash,
+            dhash: opts.dhash,
+            limits: Limits { max_image_pixels: opts.max_image_pixels },
+            max_pixels: opts.max_pixels,
+            max_file_bytes: opts.max_file_bytes,
+        }
+    }
+}
+
+/// One image, ready to be written.
+pub struct PreparedImage {
+    pub bytes: Vec<u8>,
+    pub analysis: Analysis,
+    /// Content hash of the original bytes (before any re-encode).
+    pub content: [u8; 16],
+    pub given: Option<String>,
+    /// Original (width, height, bytes) when re-encoded for `--max-pixels`.
+    pub reencoded_from: Option<(u32, u32, u64)>,
+}
+
+impl PreparedImage {
+    pub fn info(&self) -> &ImageInfo {
+        &self.analysis.info
+    }
+}
+
+pub struct Prepared {
+    pub sample: Sample,
+    pub images: Vec<PreparedImage>,
+}
+
+impl Prepared {
+    /// Identity of the sample's image set for exact-duplicate detection (`None` if text-only).
+    pub fn image_set_hash(&self) -> Option<[u8; 16]> {
+        match self.images.as_slice() {
+            [] => None,
+            [one] => Some(one.content),
+            many => {
+                let mut h = blake3::Hasher::new();
+                for img in many {
+                    h.update(&img.content);
+                }
+                let mut out = [0u8; 16];
+                out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+                Some(out)
+            }
+        }
+    }
+}
+
+/// A reject: a category for `stats.json` and a human reason for `rejects.jsonl`.
+pub struct Reject {
+    pub category: &'static str,
+    pub reason: String,
+    pub id: Option<String>,
+}
+
+pub enum Outcome {
+    Sample(Box<Prepared>),
+    Reject(Reject),
+}
+
+/// Where a record came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Pos {
+    pub index: u64,
+    pub line: u64,
+    pub file: usize,
+}
+
+/// The record's position, carried next to its outcome.
+pub struct Processed {
+    pub pos: Pos,
+    pub outcome: Outcome,
+}
+
+pub fn process(rec: Record, ctx: &Ctx) -> Processed {
+    let outcome = match prepare(rec.payload, &ctx.roots[rec.file], ctx) {
+        Ok(p) => Outcome::Sample(Box::new(p)),
+        Err(r) => Outcome::Reject(r),
+    };
+    Processed { pos: Pos { index: rec.index, line: rec.line, file: rec.file }, outcome }
+}
+
+fn prepare(payload: Payload, root: &Path, ctx: &Ctx) -> Result<Prepared, Reject> {
+    let sample = match payload {
+        Payload::Json(bytes) => input::parse(&bytes, root)
+            .map_err(|reason| Reject { category: "invalid_record", reason, id: None })?,
+        Payload::Sample(s) => s,
+        Payload::Invalid(reason) => {
+            return Err(Reject { category: "invalid_record", reason, id: None })
+        }
+    };
+    if sample.images.len() > MAX_IMAGES_PER_SAMPLE {
+        return Err(Reject {
+            category: "too_many_images",
+            reason: format!("{} images (at most {MAX_IMAGES_PER_SAMPLE})", sample.images.len()),
+            id: sample.id.clone(),
+        });
+    }
+    let mut images = Vec::with_capacity(sample.images.len());
+    for (i, r) in sample.images.iter().enumerate() {
+        match prepare_image(r, ctx) {
+            Ok(img) => images.push(img),
+            Err((category, why)) => {
+                let what = match r {
+                    ImageRef::File { given, .. } => format!("image {i} ({given})"),
+                    ImageRef::Bytes { given: Some(g), .. } => format!("image {i} ({g})"),
+                    ImageRef::Bytes { given: None, .. } => format!("image {i}"),
+                };
+                return Err(Reject { category, reason: format!("{what}: {why}"), id: sample.id });
+            }
+        }
+    }
+    Ok(Prepared { sample, images })
+}
+
+fn prepare_image(r: &ImageRef, ctx: &Ctx) -> Result<PreparedImage, (&'static str, String)> {
+    let (bytes, given) = match r {
+        ImageRef::File { given, resolved } => (read_image_file(resolved, ctx)?, Some(given.clone())),
+        ImageRef::Bytes { data, given } => (data.clone(), given.clone()),
+    };
+    let analysis = image::analyze(&bytes, ctx.phash, ctx.dhash, &ctx.limits)
+        .map_err(|e| (image_error_category(&e), e.to_string()))?;
+    let content = image::content_hash(&bytes);
+    let mut img = PreparedImage { bytes, analysis, content, given, reencoded_from: None };
+    if let Some(max) = ctx.max_pixels {
+        let info = &img.analysis.info;
+        if let Some(new) = image::reencode_within(&img.bytes, info, max)
+            .map_err(|e| (image_error_category(&e), e.to_string()))?
+        {
+            img.reencoded_from = Some((info.width, info.height, img.bytes.len() as u64));
+            img.bytes = new.bytes;
+            img.analysis.info = new.info;
+        }
+    }
+    Ok(img)
+}
+
+fn read_image_file(path: &Path, ctx: &Ctx) -> Result<Vec<u8>, (&'static str, String)> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ("missing_file", "file not found".to_string()),
+        _ => ("unreadable_file", format!("cannot read: {e}")),
+    })?;
+    if !meta.is_file() {
+        return Err(("unreadable_file", "not a regular file".into()));
+    }
+    if meta.len() > ctx.max_file_bytes {
+        return Err((
+            "file_too_large",
+            format!("{} bytes exceeds the {}-byte limit", meta.len(), ctx.max_file_bytes),
+        ));
+    }
+    std::fs::read(path).map_err(|e| ("unreadable_file", format!("cannot read: {e}")))
+}
+
+fn image_error_category(e: &ImageError) -> &'static str {
+    match e {
+        ImageError::Empty => "empty_file",
+        ImageError::UnknownFormat => "unknown_format",
+        ImageError::BadHeader { .. } => "bad_header",
+        ImageError::TooLarge { .. } => "decompression_bomb",
+        ImageError::Truncated { .. } => "truncated",
+        ImageError::Corrupt { .. } => "corrupt",
+        ImageError::Unsupported(_) => "unsupported",
+        ImageError::Encode(_) => "reencode_failed",
+    }
+}

@@ -1,0 +1,284 @@
+//! The single, ordered writer: dedup, key assignment, per-sample JSON, shard rollover,
+//! rejects and checkpoints. Runs on its own thread and sees records in input order, which is
+//! what makes the output independent of the worker count.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{PackError, Result};
+use crate::shard::{self, Member, ShardWriter};
+
+use super::options::BuildOptions;
+use super::process::{Outcome, Pos, Prepared, Processed};
+use super::state::{write_atomic, Checkpoint, KeyTable, StatePaths};
+
+/// Longest sanitised id kept in a key (member names must fit the 100-byte tar limit).
+const MAX_KEY_BASE: usize = 60;
+/// Top-level names our per-sample JSON uses; a user field with one of these names is kept
+/// under `orig_{name}`.
+const RESERVED: [&str; 4] = ["id", "kind", "images", "source"];
+
+pub struct Writer {
+    out: PathBuf,
+    prefix: String,
+    shard_size: u64,
+    samples_per_shard: u64,
+    dedup: bool,
+    multi_file: bool,
+    files: Vec<String>,
+    paths: StatePaths,
+    pub ckpt: Checkpoint,
+    keys: KeyTable,
+    rejects: BufWriter<File>,
+    rejects_len: u64,
+    shard: Option<ShardWriter>,
+}
+
+impl Writer {
+    /// Continue from `ckpt` (the empty checkpoint for a fresh job).
+    pub fn open(opts: &BuildOptions, files: &[PathBuf], ckpt: Checkpoint) -> Result<Self> {
+        let out = opts.output.clone();
+        let paths = StatePaths::new(&out);
+        let oerr = |p: &Path, e: std::io::Error| PackError::output(p, e);
+        let keys = KeyTable::open(&paths.journal, ckpt.journal_bytes).map_err(|e| oerr(&paths.journal, e))?;
+        let rpath = out.join("rejects.jsonl");
+        let rf = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&rpath)
+            .map_err(|e| oerr(&rpath, e))?;
+        rf.set_len(ckpt.rejects_bytes).map_err(|e| oerr(&rpath, e))?;
+        let mut rejects = BufWriter::with_capacity(1 << 16, rf);
+        use std::io::Seek;
+        rejects.seek(std::io::SeekFrom::End(0)).map_err(|e| oerr(&rpath, e))?;
+        Ok(Writer {
+            prefix: opts.prefix.clone(),
+            shard_size: opts.shard_size,
+            samples_per_shard: opts.samples_per_shard,
+            dedup: opts.dedup == super::options::DedupMode::Exact,
+            multi_file: files.len() > 1,
+            files: files.iter().map(|f| f.display().to_string()).collect(),
+            rejects_len: ckpt.rejects_bytes,
+            out,
+            paths,
+            ckpt,
+            keys,
+            rejects,
+            shard: None,
+        })
+    }
+
+    pub fn handle(&mut self, processed: Processed) -> Result<()> {
+        let p = &processed.pos;
+        match processed.outcome {
+            Outcome::Reject(r) => self.reject(p, r.category, &r.reason, r.id.as_deref())?,
+            Outcome::Sample(prep) => {
+                let set = prep.image_set_hash();
+                if let (true, Some(h)) = (self.dedup, set) {
+                    let first = self.keys.first_with(&h).map_err(|e| self.jerr(e))?;
+                    if let Some(first) = first {
+                        let why = format!("duplicate of {first}");
+                        return self.reject(p, "duplicate", &why, prep.sample.id.as_deref());
+                    }
+                }
+                let key = self.assign_key(p, prep.sample.id.as_deref());
+                self.write_sample(p, &key, &prep)?;
+                self.keys.insert(&key, set).map_err(|e| self.jerr(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn jerr(&self, e: std::io::Error) -> PackError {
+        PackError::output(&self.paths.journal, e)
+    }
+
+    fn reject(&mut self, p: &Pos, category: &str, reason: &str, id: Option<&str>) -> Result<()> {
+        let line = json!({
+            "index": p.index,
+            "file": self.files[p.file],
+            "line": p.line,
+            "id": id,
+            "category": category,
+            "reason": reason,
+        });
+        let mut s = line.to_string();
+        s.push('\n');
+        self.rejects
+            .write_all(s.as_bytes())
+            .map_err(|e| PackError::output(self.out.join("rejects.jsonl"), e))?;
+        self.rejects_len += s.len() as u64;
+        self.ckpt.stats.reject(category);
+        self.ckpt.next_index = p.index + 1;
+        Ok(())
+    }
+
+    /// A webdataset-safe key: the sanitised id, or `L{line}` without one; if already taken,
+    /// `{base}+{index}` — `+` never appears in a sanitised base and the index is unique, so
+    /// fallback keys never collide.
+    fn assign_key(&self, p: &Pos, id: Option<&str>) -> String {
+        let base = match id {
+            Some(id) => sanitize(id),
+            None if self.multi_file => format!("F{:04}-L{:09}", p.file, p.line),
+            None => format!("L{:09}", p.line),
+        };
+        if self.keys.key_taken(&base) {
+            format!("{base}+{}", p.index)
+        } else {
+            base
+        }
+    }
+
+    fn write_sample(&mut self, p: &Pos, key: &str, prep: &Prepared) -> Result<()> {
+        let multi = prep.images.len() > 1;
+        let suffixes: Vec<String> = prep
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                let ext = img.info().format.ext();
+                if multi { format!("img{i}.{ext}") } else { ext.to_string() }
+            })
+            .collect();
+        let meta = self.sample_json(p, key, prep, &suffixes);
+        let mut members: Vec<Member<'_>> = prep
+            .images
+            .iter()
+            .zip(&suffixes)
+            .map(|(img, s)| Member { suffix: s, data: &img.bytes })
+            .collect();
+        members.push(Member { suffix: "json", data: &meta });
+        let size = shard::tar_sample_size(members.iter().map(|m| m.data.len()));
+
+        if let Some(w) = &self.shard {
+            if w.samples() >= self.samples_per_shard || w.bytes() + size > self.shard_size {
+                self.finish_shard(p.index)?;
+            }
+        }
+        if self.shard.is_none() {
+            let no = self.ckpt.shards.len() as u32;
+            let w = ShardWriter::create(&self.out, &self.prefix, no)
+                .map_err(|e| PackError::output(self.out.join(shard::shard_name(&self.prefix, no)), e))?;
+            self.shard = Some(w);
+        }
+        let w = self.shard.as_mut().unwrap();
+        w.append(key, &members).map_err(|e| PackError::output(&self.out, e))?;
+
+        let st = &mut self.ckpt.stats;
+        st.records += 1;
+        st.samples += 1;
+        *st.kinds.entry(kind_name(prep)).or_default() += 1;
+        st.text_only_samples += prep.images.is_empty() as u64;
+        for img in &prep.images {
+            st.image(img.info(), img.bytes.len() as u64);
+            if let Some((_, _, before)) = img.reencoded_from {
+                st.reencoded += 1;
+                st.reencoded_bytes_before += before;
+                st.reencoded_bytes_after += img.bytes.len() as u64;
+            }
+        }
+        self.ckpt.next_index = p.index + 1;
+        Ok(())
+    }
+
+    fn sample_json(&self, p: &Pos, key: &str, prep: &Prepared, suffixes: &[String]) -> Vec<u8> {
+        let s = &prep.sample;
+        let mut m = Map::new();
+        m.insert("id".into(), s.id.clone().map(Value::String).unwrap_or(Value::Null));
+        m.insert("kind".into(), json!(s.kind));
+        for (k, v) in &s.fields {
+            let name = if RESERVED.contains(&k.as_str()) { format!("orig_{k}") } else { k.clone() };
+            m.insert(name, v.clone());
+        }
+        let images: Vec<Value> = prep
+            .images
+            .iter()
+            .zip(suffixes)
+            .map(|(img, suffix)| {
+                let i = img.info();
+                let mut o = json!({
+                    "member": suffix,
+                    "width": i.width,
+                    "height": i.height,
+                    "format": i.format,
+                    "orientation": i.orientation,
+                    "color": i.color,
+                    "animated": i.animated,
+                    "phash": img.analysis.phash.map(|h| format!("{h:016x}")),
+                    "dhash": img.analysis.dhash.map(|h| format!("{h:016x}")),
+                    "sha": hex::encode(img.content),
+                    "bytes": img.bytes.len(),
+                    "path": img.given,
+                });
+                if let Some((w, h, b)) = img.reencoded_from {
+                    o["reencoded"] = json!({"from_width": w, "from_height": h, "from_bytes": b});
+                }
+                o
+            })
+            .collect();
+        m.insert("images".into(), Value::Array(images));
+        m.insert("source".into(), json!({"file": self.files[p.file], "line": p.line, "key": key}));
+        serde_json::to_vec(&Value::Object(m)).expect("JSON values always serialise")
+    }
+
+    /// Close the open shard and commit a checkpoint covering records before `next_index`.
+    fn finish_shard(&mut self, next_index: u64) -> Result<()> {
+        let Some(w) = self.shard.take() else { return Ok(()) };
+        let info = w.finish().map_err(|e| PackError::output(&self.out, e))?;
+        self.ckpt.shards.push(info);
+        self.commit(next_index)
+    }
+
+    fn commit(&mut self, next_index: u64) -> Result<()> {
+        let rpath = self.out.join("rejects.jsonl");
+        self.rejects.flush().map_err(|e| PackError::output(&rpath, e))?;
+        self.rejects.get_ref().sync_data().map_err(|e| PackError::output(&rpath, e))?;
+        self.ckpt.rejects_bytes = self.rejects_len;
+        self.ckpt.journal_bytes = self.keys.commit().map_err(|e| self.jerr(e))?;
+        self.ckpt.next_index = next_index;
+        let data = serde_json::to_vec_pretty(&self.ckpt).expect("checkpoint serialises");
+        write_atomic(&self.paths.checkpoint, &data).map_err(|e| PackError::output(&self.paths.checkpoint, e))
+    }
+
+    /// Finish the last shard and commit; the caller then writes the final artifacts.
+    pub fn finish(mut self, end_index: u64) -> Result<Checkpoint> {
+        self.finish_shard(end_index)?;
+        self.commit(end_index)?;
+        Ok(self.ckpt)
+    }
+}
+
+fn kind_name(prep: &Prepared) -> String {
+    json!(prep.sample.kind).as_str().unwrap_or("unknown").to_string()
+}
+
+/// Map an id to `[A-Za-z0-9_-]{1,60}` (other characters become `_`).
+pub fn sanitize(id: &str) -> String {
+    let mut s: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(MAX_KEY_BASE)
+        .collect();
+    if s.is_empty() {
+        s.push('_');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn sanitize_keeps_keys_webdataset_safe() {
+        assert_eq!(sanitize("coco/0001.jpg"), "coco_0001_jpg");
+        assert_eq!(sanitize("ünï"), "___");
+        assert_eq!(sanitize(""), "_");
+        assert_eq!(sanitize(&"x".repeat(500)).len(), 60);
+        assert!(!sanitize("a.b+c").contains(['.', '+']));
+    }
+}

@@ -1,0 +1,77 @@
+"""Shared fixtures: small real-photo corpora and helpers to run `llava-pack`."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llava_ov15.demo.corpus import CorpusSpec, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `llava-pack` exactly as a user would (same interpreter, console-script module)."""
+    cmd = [sys.executable, "-m", "llava_ov15.cli.pack", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def shard_files(out: Path) -> list[Path]:
+    return sorted(out.glob("*.tar"))
+
+
+def tree_digest(out: Path, names=("*.tar", "*.tar.idx", "manifest.json", "rejects.jsonl")) -> dict:
+    """sha256 of every deterministic output file."""
+    files = sorted({p for pat in names for p in out.glob(pat)})
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def jpeg_bytes(img: np.ndarray | Image.Image, quality: int = 90, **kw) -> bytes:
+    im = Image.fromarray(img) if isinstance(img, np.ndarray) else img
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, **kw)
+    return buf.getvalue()
+
+
+def png_bytes(img: np.ndarray | Image.Image, **kw) -> bytes:
+    im = Image.fromarray(img) if isinstance(img, np.ndarray) else img
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def mixed_corpus(tmp_path_factory) -> Path:
+    """120 samples of real photo crops in all three shapes, incl. multi-image and text-only."""
+    root = tmp_path_factory.mktemp("mixed")
+    spec = CorpusSpec(n=120, seed=1, max_side=640, near_dup_fraction=0.1,
+                      multi_image_fraction=0.1, text_only_fraction=0.05,
+                      shapes=("caption", "conversations", "messages"))
+    return write_corpus(root, spec)
+
+
+@pytest.fixture(scope="session")
+def photo_rgb() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def photo_jpeg(photo_rgb) -> bytes:
+    return jpeg_bytes(photo_rgb[:256, :320])
