@@ -1,0 +1,120 @@
+"""Throughput of `llava-pack build` against the pipeline a user writes today, in one run.
+
+    python benches/compare_build.py [-n 400] [--keep DIR]
+
+Generates N real photographs re-cut from scikit-image's samples (random crops, sides
+256–2048 px, JPEG quality 70–95, 5% PNG, 10% resized near-duplicates), warms the page cache,
+then times on the same files:
+  (a) llava-pack build --workers 1, --phash fast / exact, and --workers 2 (fast)
+  (b) the Python peer: Pillow decode + imagehash.phash + webdataset.TarWriter, one process
+  (c) the floor: libjpeg-turbo 1/8-scale grayscale decode alone (simplejpeg; Pillow for PNG)
+and prints samples/s and the ratios the project targets:
+  fast ≥ 8× peer per core, fast ≥ 0.85× floor, exact ≥ 3× peer, workers 2 ≥ 1.8× workers 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def llava_pack(corpus: Path, out: Path, *args: str) -> None:
+    from llava_ov15 import pack
+
+    if out.exists():
+        shutil.rmtree(out)
+    kw = dict(workers=1, phash="fast", progress="quiet")
+    for a in args:
+        k, v = a.split("=")
+        kw[k] = int(v) if v.isdigit() else v
+    pack.build(corpus, out, **kw)
+
+
+def python_peer(corpus: Path, out: Path) -> None:
+    import imagehash
+    import webdataset as wds
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    root = corpus.parent
+    seen = set()
+    with wds.ShardWriter(str(out / "peer-%06d.tar"), maxcount=10_000, verbose=0) as sink:
+        for line in corpus.read_text().splitlines():
+            rec = json.loads(line)
+            data = (root / rec["image"]).read_bytes()
+            im = Image.open(io.BytesIO(data))
+            im.load()
+            h = str(imagehash.phash(im))
+            if data in seen:
+                continue
+            seen.add(data)
+            ext = "png" if data[:4] == b"\x89PNG" else "jpg"
+            meta = {"caption": rec["caption"], "width": im.width, "height": im.height, "phash": h}
+            sink.write({"__key__": rec["id"], ext: data, "json": json.dumps(meta).encode()})
+
+
+def floor(corpus: Path) -> None:
+    import simplejpeg
+    from PIL import Image
+
+    root = corpus.parent
+    for line in corpus.read_text().splitlines():
+        data = (root / json.loads(line)["image"]).read_bytes()
+        if data[:2] == b"\xff\xd8":
+            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8)
+        else:
+            Image.open(io.BytesIO(data)).load()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=400)
+    ap.add_argument("--keep", help="generate into / reuse this folder instead of a temp dir")
+    args = ap.parse_args()
+    from llava_ov15.demo.corpus import CorpusSpec, write_corpus
+
+    work = Path(args.keep or tempfile.mkdtemp(prefix="llava-bench-"))
+    corpus = work / "corpus" / "corpus.jsonl"
+    if not corpus.exists():
+        print(f"generating {args.n} images under {work} …", flush=True)
+        write_corpus(work / "corpus", CorpusSpec(n=args.n, seed=0))
+    n = len(corpus.read_text().splitlines())
+    mb = sum(f.stat().st_size for f in (work / "corpus" / "images").iterdir()) / 1e6
+    floor(corpus)  # warm the page cache
+    res = {
+        "floor (simplejpeg 1/8 decode)": timed(lambda: floor(corpus)),
+        "python peer (PIL+imagehash+webdataset)": timed(lambda: python_peer(corpus, work / "peer")),
+        "llava-pack fast, 1 worker": timed(lambda: llava_pack(corpus, work / "fast1")),
+        "llava-pack exact, 1 worker": timed(lambda: llava_pack(corpus, work / "exact1", "phash=exact")),
+        "llava-pack fast, 2 workers": timed(lambda: llava_pack(corpus, work / "fast2", "workers=2")),
+    }
+    print(f"\n{n} samples, {mb:.0f} MB of images, {os.cpu_count()} cores")
+    for k, t in res.items():
+        print(f"  {k:42s} {n / t:8.1f} samples/s  ({t:.2f}s)")
+    r = {k: n / t for k, t in res.items()}
+    peer, fl = r["python peer (PIL+imagehash+webdataset)"], r["floor (simplejpeg 1/8 decode)"]
+    fast1, exact1 = r["llava-pack fast, 1 worker"], r["llava-pack exact, 1 worker"]
+    fast2 = r["llava-pack fast, 2 workers"]
+    print("\nratios (target)")
+    print(f"  fast / peer        {fast1 / peer:6.2f}x  (≥ 8)")
+    print(f"  fast / floor       {fast1 / fl:6.2f}x  (≥ 0.85)")
+    print(f"  exact / peer       {exact1 / peer:6.2f}x  (≥ 3)")
+    print(f"  2 workers / 1      {fast2 / fast1:6.2f}x  (≥ 1.8)")
+    if not args.keep:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
