@@ -75,7 +75,7 @@ fn plain_jsonl_blank_lines_crlf_and_no_trailing_newline() {
     let path = dir.path().join("data.jsonl");
     fs::write(&path, JSONL).unwrap();
     let mut src = open(&path);
-    assert_eq!(src.files(), [path.clone()]);
+    assert_eq!(src.files(), std::slice::from_ref(&path));
     assert_eq!(src.progress(), (0, Some(JSONL.len() as u64)));
     assert_eq!(read_all(&mut *src), expected_jsonl(0, 0));
     assert_eq!(
@@ -391,4 +391,37 @@ fn corrupt_parquet_is_an_input_error() {
         Some(Err(PackError::Input { .. }))
     ));
     assert!(src.next_record().is_none());
+}
+
+#[test]
+fn zstd_multi_frame_and_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    // Concatenated frames (e.g. `cat a.zst b.zst`) read as one stream.
+    let path = dir.path().join("multi.jsonl.zst");
+    let mut data = zstd::encode_all(&JSONL[..60], 3).unwrap();
+    data.extend(zstd::encode_all(&JSONL[60..], 3).unwrap());
+    fs::write(&path, &data).unwrap();
+    assert_eq!(read_all(&mut *open(&path)), expected_jsonl(0, 0));
+    // A truncated file is a job-level input error, not a silent end.
+    let path = dir.path().join("cut.jsonl.zst");
+    fs::write(&path, &data[..data.len() - 5]).unwrap();
+    let mut src = open(&path);
+    let mut saw_error = false;
+    while let Some(rec) = src.next_record() {
+        if let Err(e) = rec {
+            assert!(matches!(e, PackError::Input { .. }));
+            saw_error = true;
+        }
+    }
+    assert!(saw_error);
+}
+
+#[test]
+fn literal_path_with_glob_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("part[1].jsonl");
+    fs::write(&path, JSONL).unwrap();
+    let mut src = open(&path);
+    assert_eq!(src.files(), std::slice::from_ref(&path));
+    assert_eq!(read_all(&mut *src).len(), 4);
 }

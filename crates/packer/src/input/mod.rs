@@ -152,7 +152,8 @@ fn expand(input: &str) -> Result<Vec<PathBuf>> {
     if input.is_empty() {
         return Err(PackError::input(input, "empty input path"));
     }
-    if !is_glob(input) {
+    // A path that exists is taken literally, even if its name contains glob characters.
+    if !is_glob(input) || Path::new(input).exists() {
         let path = PathBuf::from(input);
         if !path.exists() {
             return Err(PackError::input(path, "no such file"));
