@@ -7,8 +7,8 @@
 //!   resolution) runs on worker threads. A record that cannot become a [`Sample`] yields
 //!   `Err(reason)`: a reject, never a job error.
 //!
-//! Submodules: [`jsonl`] (line splitting for `.jsonl`/`.jsonl.zst`), [`parquet`] (row
-//! decoding) and [`sample`] (shape detection and validation rules, documented there).
+//! Submodules: `jsonl` (line splitting for `.jsonl`/`.jsonl.zst`), `parquet` (row
+//! decoding) and `sample` (shape detection and validation rules, documented there).
 //!
 //! File kinds are chosen by name: `.parquet`/`.pq`, `*.zst` (zstd-compressed JSONL),
 //! `.jsonl`/`.json`/`.ndjson`; any other name is sniffed from its first bytes (Parquet or
@@ -90,6 +90,8 @@ pub trait RecordSource: Send {
     /// Next record, `None` at the end; `Err` only for job-level I/O failures.
     fn next_record(&mut self) -> Option<Result<Record>>;
     /// Skip the first `n` records (used by `--resume`); cheaper than reading them when possible.
+    /// Indices continue from where they would have been. Skipping past the end of the input
+    /// is a [`PackError::Input`] (the input changed since the checkpoint).
     fn skip(&mut self, n: u64) -> Result<()>;
     /// Input files, in the order they are read.
     fn files(&self) -> &[PathBuf];
@@ -127,7 +129,7 @@ pub fn open(input: &str, image_root: Option<&Path>) -> Result<Box<dyn RecordSour
 
 /// Parse and normalise a record's JSON payload; `Err` is a reject reason.
 ///
-/// See [`sample`] for the rules. Duplicate JSON keys: the last occurrence wins.
+/// Rules: see the `sample` submodule (documented in its source). Duplicate JSON keys: the last occurrence wins.
 pub fn parse(payload: &[u8], image_root: &Path) -> std::result::Result<Sample, String> {
     sample::parse(payload, image_root)
 }
