@@ -6,12 +6,27 @@
 //! - The reader thread only splits records; [`parse`] (JSON parse, shape detection, path
 //!   resolution) runs on worker threads. A record that cannot become a [`Sample`] yields
 //!   `Err(reason)`: a reject, never a job error.
+//!
+//! Submodules: `jsonl` (line splitting for `.jsonl`/`.jsonl.zst`), `parquet` (row
+//! decoding) and `sample` (shape detection and validation rules, documented there).
+//!
+//! File kinds are chosen by name: `.parquet`/`.pq`, `*.zst` (zstd-compressed JSONL),
+//! `.jsonl`/`.json`/`.ndjson`; any other name is sniffed from its first bytes (Parquet or
+//! zstd magic, else JSONL).
 
-use std::path::PathBuf;
+mod jsonl;
+mod parquet;
+mod sample;
+
+pub use jsonl::{MAX_LINE, TOO_LONG};
+pub use parquet::BATCH_SIZE;
+pub use sample::IMAGE_PLACEHOLDER;
+
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::error::Result;
+use crate::error::{PackError, Result};
 
 /// One input record, in input order.
 #[derive(Debug)]
@@ -53,7 +68,10 @@ pub enum ImageRef {
     /// A file; `resolved` is `given` joined to the image root when relative.
     File { given: String, resolved: PathBuf },
     /// Embedded bytes (Parquet), with the original path if the row had one.
-    Bytes { data: Vec<u8>, given: Option<String> },
+    Bytes {
+        data: Vec<u8>,
+        given: Option<String>,
+    },
 }
 
 /// A normalised sample.
@@ -72,6 +90,8 @@ pub trait RecordSource: Send {
     /// Next record, `None` at the end; `Err` only for job-level I/O failures.
     fn next_record(&mut self) -> Option<Result<Record>>;
     /// Skip the first `n` records (used by `--resume`); cheaper than reading them when possible.
+    /// Indices continue from where they would have been. Skipping past the end of the input
+    /// is a [`PackError::Input`] (the input changed since the checkpoint).
     fn skip(&mut self, n: u64) -> Result<()>;
     /// Input files, in the order they are read.
     fn files(&self) -> &[PathBuf];
@@ -80,22 +100,250 @@ pub trait RecordSource: Send {
 }
 
 /// Open `--input`. `image_root` overrides the default root (each file's own folder).
-pub fn open(_input: &str, _image_root: Option<&std::path::Path>) -> Result<Box<dyn RecordSource>> {
-    todo!("input helper")
+pub fn open(input: &str, image_root: Option<&Path>) -> Result<Box<dyn RecordSource>> {
+    let files = expand(input)?;
+    let mut sizes = Vec::with_capacity(files.len());
+    let mut kinds = Vec::with_capacity(files.len());
+    for file in &files {
+        let meta = std::fs::metadata(file).map_err(|e| PackError::input(file, e))?;
+        if meta.is_dir() {
+            return Err(PackError::input(
+                file,
+                "is a directory; pass a file or a glob such as dir/*.parquet",
+            ));
+        }
+        sizes.push(meta.len());
+        kinds.push(FileKind::of(file)?);
+    }
+    Ok(Box::new(MultiSource {
+        files,
+        sizes,
+        kinds,
+        image_root: image_root.map(Path::to_path_buf),
+        current: None,
+        next_file: 0,
+        done_bytes: 0,
+        next_index: 0,
+    }))
 }
 
 /// Parse and normalise a record's JSON payload; `Err` is a reject reason.
-pub fn parse(
-    _payload: &[u8],
-    _image_root: &std::path::Path,
-) -> std::result::Result<Sample, String> {
-    todo!("input helper")
+///
+/// Rules: see the `sample` submodule (documented in its source). Duplicate JSON keys: the last occurrence wins.
+pub fn parse(payload: &[u8], image_root: &Path) -> std::result::Result<Sample, String> {
+    sample::parse(payload, image_root)
 }
 
 /// The image root used for records of `file` (explicit root, else the file's folder).
 pub fn image_root_for(file: &std::path::Path, explicit: Option<&std::path::Path>) -> PathBuf {
     match explicit {
         Some(root) => root.to_path_buf(),
-        None => file.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from(".")),
+        None => file
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| PathBuf::from(".")),
+    }
+}
+
+fn is_glob(input: &str) -> bool {
+    input.contains(['*', '?', '['])
+}
+
+/// The input files named by `input`, sorted when it is a glob.
+fn expand(input: &str) -> Result<Vec<PathBuf>> {
+    if input.is_empty() {
+        return Err(PackError::input(input, "empty input path"));
+    }
+    // A path that exists is taken literally, even if its name contains glob characters.
+    if !is_glob(input) || Path::new(input).exists() {
+        let path = PathBuf::from(input);
+        if !path.exists() {
+            return Err(PackError::input(path, "no such file"));
+        }
+        return Ok(vec![path]);
+    }
+    let paths = glob::glob(input).map_err(|e| PackError::input(input, format!("bad glob: {e}")))?;
+    let mut files = Vec::new();
+    for entry in paths {
+        files.push(entry.map_err(|e| PackError::input(e.path(), e.error()))?);
+    }
+    if files.is_empty() {
+        return Err(PackError::input(input, "glob matched no files"));
+    }
+    files.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+    Ok(files)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Jsonl,
+    JsonlZstd,
+    Parquet,
+}
+
+impl FileKind {
+    fn of(path: &Path) -> Result<Self> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".parquet") || name.ends_with(".pq") {
+            return Ok(FileKind::Parquet);
+        }
+        if name.ends_with(".zst") || name.ends_with(".zstd") {
+            return Ok(FileKind::JsonlZstd);
+        }
+        if [".jsonl", ".json", ".ndjson"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+        {
+            return Ok(FileKind::Jsonl);
+        }
+        let mut magic = [0u8; 4];
+        let mut file = std::fs::File::open(path).map_err(|e| PackError::input(path, e))?;
+        let n =
+            std::io::Read::read(&mut file, &mut magic).map_err(|e| PackError::input(path, e))?;
+        Ok(match &magic[..n] {
+            b"PAR1" => FileKind::Parquet,
+            [0x28, 0xb5, 0x2f, 0xfd] => FileKind::JsonlZstd,
+            _ => FileKind::Jsonl,
+        })
+    }
+}
+
+enum FileReader {
+    Jsonl(jsonl::JsonlReader),
+    Parquet(parquet::ParquetReader),
+}
+
+impl FileReader {
+    fn next(&mut self) -> Option<Result<(u64, Payload)>> {
+        match self {
+            FileReader::Jsonl(r) => r.next_line(),
+            FileReader::Parquet(r) => r.next_row(),
+        }
+    }
+    fn skip(&mut self, n: u64) -> Result<u64> {
+        match self {
+            FileReader::Jsonl(r) => r.skip(n),
+            FileReader::Parquet(r) => r.skip(n),
+        }
+    }
+    fn consumed(&self) -> u64 {
+        match self {
+            FileReader::Jsonl(r) => r.consumed(),
+            FileReader::Parquet(r) => r.consumed(),
+        }
+    }
+}
+
+/// Reads the matched files one after another, opening each only when it is reached.
+struct MultiSource {
+    files: Vec<PathBuf>,
+    sizes: Vec<u64>,
+    kinds: Vec<FileKind>,
+    image_root: Option<PathBuf>,
+    /// The open file: its index and reader.
+    current: Option<(usize, FileReader)>,
+    next_file: usize,
+    /// Sizes of the files already finished.
+    done_bytes: u64,
+    next_index: u64,
+}
+
+impl MultiSource {
+    /// The open reader, opening the next file if needed; `None` at the end of the input.
+    fn reader(&mut self) -> Option<Result<(usize, &mut FileReader)>> {
+        if self.current.is_none() {
+            let i = self.next_file;
+            let path = self.files.get(i)?;
+            self.next_file += 1;
+            let opened = match self.kinds[i] {
+                FileKind::Jsonl => jsonl::JsonlReader::open(path, false).map(FileReader::Jsonl),
+                FileKind::JsonlZstd => jsonl::JsonlReader::open(path, true).map(FileReader::Jsonl),
+                FileKind::Parquet => {
+                    let root = image_root_for(path, self.image_root.as_deref());
+                    parquet::ParquetReader::open(path, root).map(FileReader::Parquet)
+                }
+            };
+            match opened {
+                Ok(reader) => self.current = Some((i, reader)),
+                Err(e) => {
+                    // A file that cannot be opened ends the stream with its error.
+                    self.next_file = self.files.len();
+                    return Some(Err(e));
+                }
+            }
+        }
+        self.current.as_mut().map(|(i, r)| Ok((*i, r)))
+    }
+
+    fn finish_current(&mut self) {
+        if let Some((i, _)) = self.current.take() {
+            self.done_bytes += self.sizes[i];
+        }
+    }
+}
+
+impl RecordSource for MultiSource {
+    fn next_record(&mut self) -> Option<Result<Record>> {
+        loop {
+            let (file, reader) = match self.reader()? {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            match reader.next() {
+                Some(Ok((line, payload))) => {
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    return Some(Ok(Record {
+                        index,
+                        line,
+                        file,
+                        payload,
+                    }));
+                }
+                Some(Err(e)) => {
+                    self.finish_current();
+                    self.next_file = self.files.len();
+                    return Some(Err(e));
+                }
+                None => self.finish_current(),
+            }
+        }
+    }
+
+    fn skip(&mut self, n: u64) -> Result<()> {
+        let mut left = n;
+        while left > 0 {
+            let Some(reader) = self.reader() else {
+                let have = n - left;
+                let input = self.files.first().cloned().unwrap_or_default();
+                return Err(PackError::input(
+                    input,
+                    format!("cannot skip {n} records: the input has only {have} after the start"),
+                ));
+            };
+            let (_, reader) = reader?;
+            let skipped = reader.skip(left)?;
+            left -= skipped;
+            self.next_index += skipped;
+            if left > 0 {
+                self.finish_current();
+            }
+        }
+        Ok(())
+    }
+
+    fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    fn progress(&self) -> (u64, Option<u64>) {
+        let current = match &self.current {
+            Some((i, r)) => r.consumed().min(self.sizes[*i]),
+            None => 0,
+        };
+        (self.done_bytes + current, Some(self.sizes.iter().sum()))
     }
 }

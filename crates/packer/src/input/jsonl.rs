@@ -1,0 +1,281 @@
+//! Streaming JSONL reader (plain or zstd-compressed): splits raw lines, never parses.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::Payload;
+use crate::error::{PackError, Result};
+
+/// Longest accepted line (without its newline); longer lines become [`Payload::Invalid`].
+pub const MAX_LINE: usize = 64 << 20;
+/// Reason given for a line over [`MAX_LINE`].
+pub const TOO_LONG: &str = "line longer than 64 MiB";
+const BUF_SIZE: usize = 4 << 20;
+
+/// Counts the bytes read from the underlying file (compressed bytes for `.zst`).
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// JSON whitespace; a line made only of these is blank and skipped.
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+pub(super) struct JsonlReader {
+    path: PathBuf,
+    reader: BufReader<Box<dyn Read + Send>>,
+    counter: Arc<AtomicU64>,
+    /// Lines fully consumed so far (blank ones included).
+    line_no: u64,
+    done: bool,
+    max_line: usize,
+}
+
+impl JsonlReader {
+    pub(super) fn open(path: &Path, zstd: bool) -> Result<Self> {
+        let file = File::open(path).map_err(|e| PackError::input(path, e))?;
+        let counter = Arc::new(AtomicU64::new(0));
+        let counting = Counting {
+            inner: file,
+            count: counter.clone(),
+        };
+        let inner: Box<dyn Read + Send> = if zstd {
+            Box::new(
+                zstd::stream::read::Decoder::new(counting)
+                    .map_err(|e| PackError::input(path, format!("zstd: {e}")))?,
+            )
+        } else {
+            Box::new(counting)
+        };
+        Ok(Self::from_reader(path, inner, counter, MAX_LINE))
+    }
+
+    fn from_reader(
+        path: &Path,
+        inner: Box<dyn Read + Send>,
+        counter: Arc<AtomicU64>,
+        max_line: usize,
+    ) -> Self {
+        JsonlReader {
+            path: path.to_path_buf(),
+            reader: BufReader::with_capacity(BUF_SIZE, inner),
+            counter,
+            line_no: 0,
+            done: false,
+            max_line,
+        }
+    }
+
+    /// Bytes read from the file so far.
+    pub(super) fn consumed(&self) -> u64 {
+        self.counter.load(Ordering::Relaxed)
+    }
+
+    fn fill(&mut self) -> Result<&[u8]> {
+        loop {
+            match self.reader.fill_buf() {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.done = true;
+                    return Err(PackError::input(&self.path, e));
+                }
+            }
+        }
+        Ok(self.reader.buffer())
+    }
+
+    /// Next non-blank line as `(1-based line number, payload)`.
+    pub(super) fn next_line(&mut self) -> Option<Result<(u64, Payload)>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let max = self.max_line;
+            let mut line = Vec::new();
+            // Set once the line is over the limit: `line` is then dropped and we only
+            // remember whether it had any non-blank byte while resynchronising.
+            let mut too_long = false;
+            let mut content = false;
+            let mut any = false;
+            loop {
+                let buf = match self.fill() {
+                    Ok(buf) => buf,
+                    Err(e) => return Some(Err(e)),
+                };
+                if buf.is_empty() {
+                    self.done = true;
+                    break;
+                }
+                any = true;
+                let (chunk, used, end) = match buf.iter().position(|&b| b == b'\n') {
+                    Some(pos) => (&buf[..pos], pos + 1, true),
+                    None => (buf, buf.len(), false),
+                };
+                if too_long {
+                    content |= chunk.iter().any(|&b| !is_ws(b));
+                // One extra byte allowed for a trailing '\r'.
+                } else if line.len() + chunk.len() > max + 1 {
+                    too_long = true;
+                    content = line.iter().chain(chunk).any(|&b| !is_ws(b));
+                    line = Vec::new();
+                } else {
+                    line.extend_from_slice(chunk);
+                }
+                self.reader.consume(used);
+                if end {
+                    break;
+                }
+            }
+            if !any {
+                return None;
+            }
+            self.line_no += 1;
+            if too_long {
+                if !content {
+                    continue;
+                }
+                return Some(Ok((self.line_no, Payload::Invalid(TOO_LONG.to_string()))));
+            }
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.iter().all(|&b| is_ws(b)) {
+                continue;
+            }
+            if line.len() > max {
+                return Some(Ok((self.line_no, Payload::Invalid(TOO_LONG.to_string()))));
+            }
+            return Some(Ok((self.line_no, Payload::Json(line))));
+        }
+    }
+
+    /// Skip up to `n` records (non-blank lines) without copying them; returns how many
+    /// were skipped (fewer than `n` only at the end of the file).
+    pub(super) fn skip(&mut self, n: u64) -> Result<u64> {
+        let mut skipped = 0;
+        let mut content = false;
+        while skipped < n && !self.done {
+            let buf = self.fill()?;
+            if buf.is_empty() {
+                self.done = true;
+                if content {
+                    skipped += 1;
+                    self.line_no += 1;
+                }
+                break;
+            }
+            let mut used = buf.len();
+            let mut lines = 0;
+            for (i, &b) in buf.iter().enumerate() {
+                if b == b'\n' {
+                    lines += 1;
+                    if content {
+                        content = false;
+                        skipped += 1;
+                        if skipped == n {
+                            used = i + 1;
+                            break;
+                        }
+                    }
+                } else if !is_ws(b) {
+                    content = true;
+                }
+            }
+            self.line_no += lines;
+            self.reader.consume(used);
+        }
+        Ok(skipped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(data: &[u8], max_line: usize) -> JsonlReader {
+        let inner: Box<dyn Read + Send> = Box::new(io::Cursor::new(data.to_vec()));
+        JsonlReader::from_reader(Path::new("t.jsonl"), inner, Arc::default(), max_line)
+    }
+
+    fn all(r: &mut JsonlReader) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_line() {
+            let (line, payload) = rec.unwrap();
+            let text = match payload {
+                Payload::Json(b) => String::from_utf8_lossy(&b).into_owned(),
+                Payload::Invalid(m) => format!("!{m}"),
+                Payload::Sample(_) => unreachable!(),
+            };
+            out.push((line, text));
+        }
+        out
+    }
+
+    #[test]
+    fn lines_blank_crlf_and_final_line() {
+        let mut r = reader(b"a\r\n\n  \r\nb\n\t\nc", 100);
+        assert_eq!(
+            all(&mut r),
+            [(1, "a".into()), (4, "b".into()), (6, "c".into())]
+        );
+        let mut r = reader(b"", 100);
+        assert!(all(&mut r).is_empty());
+        let mut r = reader(b"\n\n", 100);
+        assert!(all(&mut r).is_empty());
+    }
+
+    #[test]
+    fn too_long_resynchronises() {
+        let mut r = reader(
+            b"0123456789\nabcdefghijk\nshort\r\n0123456789\r\n          x\n",
+            10,
+        );
+        let got = all(&mut r);
+        assert_eq!(
+            got,
+            [
+                (1, "0123456789".into()),
+                (2, format!("!{TOO_LONG}")),
+                (3, "short".into()),
+                (4, "0123456789".into()),
+                (5, format!("!{TOO_LONG}")),
+            ]
+        );
+        // A tiny buffer exercises the path where the limit is crossed across refills.
+        let data = b"abcdefghijklmnop\nok\n".to_vec();
+        let inner: Box<dyn Read + Send> = Box::new(io::Cursor::new(data));
+        let mut r = JsonlReader {
+            reader: BufReader::with_capacity(3, inner),
+            ..reader(b"", 5)
+        };
+        assert_eq!(all(&mut r), [(1, format!("!{TOO_LONG}")), (2, "ok".into())]);
+    }
+
+    #[test]
+    fn skip_matches_reading() {
+        let data = b"a\n\nb\r\n  \nc\nd\ne";
+        for n in 0..7 {
+            let mut full = reader(data, 100);
+            let mut expected = all(&mut full);
+            let count = expected.len() as u64;
+            expected.drain(..(n as usize).min(expected.len()));
+            let mut r = reader(data, 100);
+            assert_eq!(r.skip(n).unwrap(), n.min(count), "n={n}");
+            assert_eq!(all(&mut r), expected, "n={n}");
+        }
+    }
+}
