@@ -1,5 +1,9 @@
-"""llava-ov15: an open toolchain for training LLaVA-OneVision-1.5-style vision-language models."""
+"""llava-ov15: an open toolchain for training LLaVA-OneVision-1.5-style vision-language models.
 
-from llava_ov15._native import __version__
+Subpackages import lazily so the pure-Python parts (model, eval) work without the native
+extension; `llava_ov15.pack` needs it.
+"""
+
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]
