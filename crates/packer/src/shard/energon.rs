@@ -78,6 +78,13 @@ fn sql_err(e: rusqlite::Error) -> io::Error {
 /// Write `.nv-meta/` for the finished `shards` of `dir` so megatron-energon opens `dir`
 /// directly (all shards in the `train` split).
 pub fn write_energon_meta(dir: &Path, shards: &[ShardInfo]) -> io::Result<()> {
+    if let Some(empty) = shards.iter().find(|s| s.samples == 0) {
+        // `energon prepare` refuses empty shards too.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: shard has no samples", empty.name),
+        ));
+    }
     let meta = dir.join(META_DIR);
     std::fs::create_dir_all(&meta)?;
 
@@ -288,8 +295,18 @@ fn write_index_sqlite(dir: &Path, meta: &Path, shards: &[ShardInfo]) -> io::Resu
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
+    let built = build_index_sqlite(dir, &tmp, shards);
+    if built.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    built?;
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &final_path)
+}
+
+fn build_index_sqlite(dir: &Path, tmp: &Path, shards: &[ShardInfo]) -> io::Result<()> {
     {
-        let mut conn = Connection::open(&tmp).map_err(sql_err)?;
+        let mut conn = Connection::open(tmp).map_err(sql_err)?;
         conn.execute_batch(&format!("{CREATE_SAMPLES};\n{CREATE_SAMPLE_PARTS};"))
             .map_err(sql_err)?;
         let txn = conn.transaction().map_err(sql_err)?;
@@ -354,8 +371,7 @@ fn write_index_sqlite(dir: &Path, meta: &Path, shards: &[ShardInfo]) -> io::Resu
         txn.commit().map_err(sql_err)?;
         conn.close().map_err(|(_, e)| sql_err(e))?;
     }
-    File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &final_path)
+    Ok(())
 }
 
 enum Row<'a> {
