@@ -100,7 +100,8 @@ def _make_samples() -> list[tuple[str, list[tuple[str, bytes]]]]:
                                      {"from": "gpt", "value": "a square"}]}
         else:  # text only
             doc = {"id": key, "kind": "conversations",
-                   "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+                   "conversations": [{"from": "human", "value": "hi"},
+                                     {"from": "gpt", "value": "hello"}]}
         doc["images"] = images_meta
         text = json.dumps(doc, ensure_ascii=False)
         if i == 3:  # json of exactly 512 bytes (no padding after it)
@@ -144,7 +145,8 @@ def _expected_by_shard(samples):
 
 def test_shard_infos(dataset):
     out, samples, infos = dataset
-    assert [i["name"] for i in infos] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    names = ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert [i["name"] for i in infos] == names
     for info, chunk in zip(infos, _expected_by_shard(samples)):
         raw = (out / info["name"]).read_bytes()
         assert info["samples"] == len(chunk)
@@ -211,7 +213,9 @@ def test_meta_matches_energon_prepare(dataset, tmp_path):
         con = sqlite3.connect(path)
         try:
             return (
-                con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall(),
+                con.execute(
+                    "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+                ).fetchall(),
                 con.execute("SELECT * FROM samples ORDER BY tar_file_id, sample_index").fetchall(),
                 con.execute("SELECT * FROM sample_parts "
                             "ORDER BY tar_file_id, sample_index, content_byte_offset").fetchall(),
