@@ -7,8 +7,18 @@
 //! - Tar headers are deterministic (fixed mtime/uid/gid/mode), so the same samples always give
 //!   byte-identical shards.
 
-use std::io;
-use std::path::Path;
+mod energon;
+mod reader;
+mod tar_writer;
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub use energon::{write_energon_meta, ENERGON_VERSION};
+pub use reader::{read_index, read_samples};
+
+use tar_writer::{check_key, check_suffix, HashingWriter};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,37 +46,147 @@ pub fn shard_name(prefix: &str, index: u32) -> String {
 
 /// Bytes a sample with members of these sizes occupies in a tar (headers + padding).
 pub fn tar_sample_size(member_sizes: impl IntoIterator<Item = usize>) -> u64 {
-    member_sizes.into_iter().map(|n| 512 + (n as u64).div_ceil(512) * 512).sum()
+    member_sizes
+        .into_iter()
+        .map(|n| 512 + (n as u64).div_ceil(512) * 512)
+        .sum()
 }
 
 pub struct ShardWriter {
-    _private: (),
+    dir: PathBuf,
+    name: String,
+    partial: PathBuf,
+    out: HashingWriter<BufWriter<File>>,
+    /// Byte offset of each sample's first header.
+    offsets: Vec<u64>,
+    last_key: String,
 }
 
 impl ShardWriter {
     /// Start `dir/{shard_name(prefix, index)}.partial` (truncating any stale partial).
-    pub fn create(_dir: &Path, _prefix: &str, _index: u32) -> io::Result<Self> {
-        todo!("shard helper")
+    pub fn create(dir: &Path, prefix: &str, index: u32) -> io::Result<Self> {
+        let name = shard_name(prefix, index);
+        let partial = dir.join(format!("{name}.partial"));
+        let file = File::create(&partial)?;
+        Ok(ShardWriter {
+            dir: dir.to_path_buf(),
+            name,
+            partial,
+            out: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
+            offsets: Vec::new(),
+            last_key: String::new(),
+        })
     }
+
     /// Append one sample (members adjacent, in the given order).
-    pub fn append(&mut self, _key: &str, _members: &[Member<'_>]) -> io::Result<()> {
-        todo!("shard helper")
+    ///
+    /// Errors with `InvalidInput` (and writes nothing) if the sample has no members, the key
+    /// is invalid or equal to the previous sample's key, a suffix is invalid or repeated, or
+    /// a member name `{key}.{suffix}` is longer than 100 bytes.
+    pub fn append(&mut self, key: &str, members: &[Member<'_>]) -> io::Result<()> {
+        check_key(key)?;
+        if members.is_empty() {
+            return Err(invalid_input(format!("sample {key:?} has no members")));
+        }
+        if key == self.last_key {
+            return Err(invalid_input(format!(
+                "sample key {key:?} repeats the previous sample's key"
+            )));
+        }
+        let mut names = Vec::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            check_suffix(m.suffix)?;
+            if members[..i].iter().any(|o| o.suffix == m.suffix) {
+                return Err(invalid_input(format!(
+                    "sample {key:?} repeats member suffix {:?}",
+                    m.suffix
+                )));
+            }
+            let name = format!("{key}.{}", m.suffix);
+            // Validate every header before writing anything.
+            tar_writer::member_header(&name, m.data.len() as u64)?;
+            names.push(name);
+        }
+        self.offsets.push(self.out.written());
+        for (name, m) in names.iter().zip(members) {
+            self.out.write_member(name, m.data)?;
+        }
+        self.last_key.clear();
+        self.last_key.push_str(key);
+        Ok(())
     }
+
     /// Bytes written so far (excluding the end-of-archive blocks).
     pub fn bytes(&self) -> u64 {
-        todo!("shard helper")
+        self.out.written()
     }
+
     pub fn samples(&self) -> u64 {
-        todo!("shard helper")
+        self.offsets.len() as u64
     }
+
     /// Write end-of-archive, fsync, write `.tar.idx`, rename both into place.
     pub fn finish(self) -> io::Result<ShardInfo> {
-        todo!("shard helper")
+        let ShardWriter {
+            dir,
+            name,
+            partial,
+            mut out,
+            mut offsets,
+            ..
+        } = self;
+        // energon's index ends with the offset where tar iteration stopped: the first
+        // end-of-archive block, i.e. the end of the last sample.
+        offsets.push(out.written());
+        out.write_end()?;
+        let bytes = out.written();
+        let (buffered, sha256) = out.into_parts();
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+
+        let mut idx = Vec::with_capacity(offsets.len() * 8);
+        for off in &offsets {
+            idx.extend_from_slice(&off.to_le_bytes());
+        }
+        write_atomic(&dir.join(format!("{name}.idx")), &idx)?;
+        std::fs::rename(&partial, dir.join(&name))?;
+        sync_dir(&dir)?;
+        Ok(ShardInfo {
+            name,
+            samples: offsets.len() as u64 - 1,
+            bytes,
+            sha256,
+        })
     }
 }
 
-/// Write `.nv-meta/` for the finished `shards` of `dir` so megatron-energon opens `dir`
-/// directly (all shards in the `train` split).
-pub fn write_energon_meta(_dir: &Path, _shards: &[ShardInfo]) -> io::Result<()> {
-    todo!("shard helper")
+fn invalid_input(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Write `path` atomically: `{path}.tmp`, fsync, rename.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// fsync a directory so renames inside it are durable (no-op where unsupported).
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+    }
+    Ok(())
 }
