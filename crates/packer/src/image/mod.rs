@@ -8,6 +8,13 @@
 //! - [`content_hash`]: 128-bit hash of the raw bytes for exact-duplicate detection.
 //! - [`reencode_within`]: re-encode an image above `max_pixels` to the largest size within it.
 
+mod decode;
+mod jpeg;
+mod phash;
+mod pillow;
+mod probe;
+mod reencode;
+
 use serde::Serialize;
 use thiserror::Error;
 
@@ -72,7 +79,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         // Same as Pillow's DecompressionBombError threshold (2 × MAX_IMAGE_PIXELS).
-        Limits { max_image_pixels: 178_956_970 }
+        Limits {
+            max_image_pixels: 178_956_970,
+        }
     }
 }
 
@@ -91,13 +100,19 @@ pub enum ImageError {
     #[error("unrecognised image format")]
     UnknownFormat,
     #[error("corrupt {format} header: {detail}")]
-    BadHeader { format: &'static str, detail: String },
+    BadHeader {
+        format: &'static str,
+        detail: String,
+    },
     #[error("decompression bomb: {width}x{height} exceeds the {limit}-pixel limit")]
     TooLarge { width: u32, height: u32, limit: u64 },
     #[error("truncated {format} data")]
     Truncated { format: &'static str },
     #[error("corrupt {format} data: {detail}")]
-    Corrupt { format: &'static str, detail: String },
+    Corrupt {
+        format: &'static str,
+        detail: String,
+    },
     #[error("unsupported image: {0}")]
     Unsupported(String),
     #[error("re-encode failed: {0}")]
@@ -114,20 +129,97 @@ pub struct Reencoded {
 }
 
 /// Sniff the format from the bytes and read size/orientation from the header only.
-pub fn probe(_bytes: &[u8]) -> ImageResult<ImageInfo> {
-    todo!("image helper")
+pub fn probe(bytes: &[u8]) -> ImageResult<ImageInfo> {
+    probe::probe(bytes)
 }
 
 /// Probe, enforce `limits`, and compute perceptual hashes as `mode` asks
 /// (`dhash` only when `want_dhash`). With `PhashMode::Off` no pixels are decoded, but
 /// cheap structural checks (e.g. JPEG EOI present) still run.
 pub fn analyze(
-    _bytes: &[u8],
-    _mode: PhashMode,
-    _want_dhash: bool,
-    _limits: &Limits,
+    bytes: &[u8],
+    mode: PhashMode,
+    want_dhash: bool,
+    limits: &Limits,
 ) -> ImageResult<Analysis> {
-    todo!("image helper")
+    let info = probe::probe(bytes)?;
+    if info.width as u64 * info.height as u64 > limits.max_image_pixels {
+        return Err(ImageError::TooLarge {
+            width: info.width,
+            height: info.height,
+            limit: limits.max_image_pixels,
+        });
+    }
+    if mode == PhashMode::Off {
+        structural_check(bytes, &info)?;
+        return Ok(Analysis {
+            info,
+            phash: None,
+            dhash: None,
+        });
+    }
+    // Decoders are third-party code fed untrusted bytes: a panic must become a reject, never
+    // take the worker down.
+    let hashed = std::panic::catch_unwind(|| -> ImageResult<(u64, Option<u64>)> {
+        let gray = decode_l(bytes, &info, mode)?;
+        Ok((phash::phash(&gray), want_dhash.then(|| phash::dhash(&gray))))
+    })
+    .unwrap_or_else(|_| {
+        Err(ImageError::Corrupt {
+            format: probe::format_name(info.format),
+            detail: "decoder panicked".into(),
+        })
+    })?;
+    Ok(Analysis {
+        info,
+        phash: Some(hashed.0),
+        dhash: hashed.1,
+    })
+}
+
+/// The "L" image the hashes are computed from (see the submodules for exactness notes).
+fn decode_l(bytes: &[u8], info: &ImageInfo, mode: PhashMode) -> ImageResult<pillow::Gray> {
+    match info.format {
+        ImageFormat::Jpeg => {
+            let m = match mode {
+                PhashMode::Fast => jpeg::JpegDecode::Fast {
+                    min_side: FAST_MIN_SIDE,
+                },
+                _ => jpeg::JpegDecode::Exact,
+            };
+            jpeg::decode_gray(bytes, m)
+        }
+        ImageFormat::Gif => decode::gif_first_frame_l(bytes, info),
+        _ => decode::decode_dynamic(bytes, info).map(|img| decode::to_pillow_l(&img, info)),
+    }
+}
+
+/// Fast mode keeps both sides of the DCT-scaled decode at least this large before the
+/// LANCZOS resize to 32×32.
+const FAST_MIN_SIDE: u32 = 32;
+
+/// Checks that need no pixel decode: a JPEG must end with EOI (trailing padding such as
+/// zero bytes or newlines after it is tolerated), a PNG must contain IEND.
+fn structural_check(bytes: &[u8], info: &ImageInfo) -> ImageResult<()> {
+    match info.format {
+        ImageFormat::Jpeg => {
+            let end = bytes
+                .iter()
+                .rposition(|&b| !matches!(b, 0x00 | b'\r' | b'\n' | b' '))
+                .map_or(0, |i| i + 1);
+            if end < 4 || bytes[end - 2..end] != [0xFF, 0xD9] {
+                return Err(ImageError::Truncated { format: "jpeg" });
+            }
+        }
+        ImageFormat::Png => {
+            let tail = &bytes[bytes.len().saturating_sub(64)..];
+            if !tail.windows(4).any(|w| w == b"IEND") {
+                return Err(ImageError::Truncated { format: "png" });
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// 128-bit content hash (BLAKE3, truncated) of the exact bytes.
@@ -142,9 +234,13 @@ pub fn content_hash(bytes: &[u8]) -> [u8; 16] {
 /// largest size within `max_pixels` keeping the aspect ratio, and re-encode in the same
 /// format family (JPEG q=95; lossless formats as PNG). Returns `None` when no change is needed.
 pub fn reencode_within(
-    _bytes: &[u8],
-    _info: &ImageInfo,
-    _max_pixels: u64,
+    bytes: &[u8],
+    info: &ImageInfo,
+    max_pixels: u64,
 ) -> ImageResult<Option<Reencoded>> {
-    todo!("image helper")
+    std::panic::catch_unwind(|| reencode::reencode_within(bytes, info, max_pixels))
+        .unwrap_or_else(|_| Err(ImageError::Encode("decoder/encoder panicked".into())))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! Pillow's pixel arithmetic, re-implemented so hashes match `imagehash` bit for bit:
+//! `convert('L')` (fixed-point ITU-R 601 luma) and `resize(..., LANCZOS)` for 8-bit single-band
+//! images (separable passes, 22-bit fixed-point coefficients, per-pass clip to u8).
+
+/// An 8-bit single-band image (Pillow mode "L").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gray {
+    pub width: u32,
+    pub height: u32,
+    /// Row-major, `width * height` bytes.
+    pub px: Vec<u8>,
+}
+
+/// Pillow `rgb2l` / `L24`: `(R*19595 + G*38470 + B*7471 + 0x8000) >> 16`.
+#[inline]
+pub fn rgb_to_l(r: u8, g: u8, b: u8) -> u8 {
+    ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
+}
+
+/// Pillow's `MULDIV255`: a rounded `a*b/255` without a division.
+#[inline]
+fn muldiv255(a: u32, b: u32) -> u32 {
+    let t = a * b + 128;
+    ((t >> 8) + t) >> 8
+}
+
+/// Pillow has no direct CMYK→L converter: `convert('L')` goes CMYK→RGB (`cmyk2rgb`) then
+/// `rgb2l`, so do exactly that. Input is true (non-inverted) CMYK, as Pillow holds it.
+#[inline]
+pub fn cmyk_to_l(c: u8, m: u8, y: u8, k: u8) -> u8 {
+    let nk = 255 - k as u32;
+    // nk - muldiv255(x, nk) is always in 0..=255, so Pillow's CLIP8 is a no-op here.
+    let r = nk - muldiv255(c as u32, nk);
+    let g = nk - muldiv255(m as u32, nk);
+    let b = nk - muldiv255(y as u32, nk);
+    rgb_to_l(r as u8, g as u8, b as u8)
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+fn lanczos(x: f64) -> f64 {
+    fn sinc(x: f64) -> f64 {
+        if x == 0.0 {
+            1.0
+        } else {
+            let x = x * std::f64::consts::PI;
+            x.sin() / x
+        }
+    }
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
+
+/// Filter taps for one axis: per output sample the first input index, the tap count, and
+/// `ksize` fixed-point coefficients. Mirrors Pillow's `precompute_coeffs` followed by
+/// `normalize_coeffs_8bpc` (the box is the whole axis, so `in0 = 0`, `in1 = in_size`).
+struct Coeffs {
+    ksize: usize,
+    bounds: Vec<(usize, usize)>,
+    k: Vec<i32>,
+}
+
+fn precompute(in_size: u32, out_size: u32) -> Coeffs {
+    // Pillow passes the box as C `float`; `in1 - in0` is exact for any realistic size.
+    let in1 = in_size as f32;
+    let scale = (in1 - 0.0f32) as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = 3.0 * filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size as usize);
+    let mut k = vec![0i32; out_size as usize * ksize];
+    let mut w = vec![0f64; ksize];
+    for xx in 0..out_size as usize {
+        let center = 0.0 + (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        // C `(int)` truncates toward zero, as `as i64` does.
+        let xmin = ((center - support + 0.5) as i64).max(0);
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
+        let xmax = xmax.max(0) as usize;
+        let mut ww = 0.0;
+        for (x, wx) in w.iter_mut().enumerate().take(xmax) {
+            *wx = lanczos((x as f64 + xmin as f64 - center + 0.5) * ss);
+            ww += *wx;
+        }
+        let row = &mut k[xx * ksize..(xx + 1) * ksize];
+        for x in 0..xmax {
+            let v = if ww != 0.0 { w[x] / ww } else { w[x] };
+            let f = v * (1u32 << PRECISION_BITS) as f64;
+            row[x] = if v < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
+        }
+        bounds.push((xmin as usize, xmax));
+    }
+    Coeffs { ksize, bounds, k }
+}
+
+#[inline]
+fn clip8(ss: i32) -> u8 {
+    (ss >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// `Image.resize((out_w, out_h), Image.LANCZOS)` on an "L" image, as Pillow 12 does it:
+/// horizontal pass first (only over the source rows the vertical pass will read), then the
+/// vertical pass; a pass is skipped when that axis keeps its size.
+pub fn resize_lanczos(src: &Gray, out_w: u32, out_h: u32) -> Gray {
+    if src.width == out_w && src.height == out_h {
+        return src.clone();
+    }
+    let vert = precompute(src.height, out_h);
+    let mut cur_px;
+    let mut cur: &[u8] = &src.px;
+    let mut cur_w = src.width as usize;
+    let mut row_shift = 0usize;
+    if out_w != src.width {
+        let horiz = precompute(src.width, out_w);
+        let first = vert.bounds[0].0;
+        let (lmin, lcnt) = vert.bounds[out_h as usize - 1];
+        let last = lmin + lcnt;
+        let ow = out_w as usize;
+        cur_px = vec![0u8; ow * (last - first)];
+        for (yy, out_row) in cur_px.chunks_exact_mut(ow).enumerate() {
+            let in_row = &src.px[(yy + first) * cur_w..(yy + first + 1) * cur_w];
+            for (xx, o) in out_row.iter_mut().enumerate() {
+                let (xmin, xmax) = horiz.bounds[xx];
+                let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + xmax];
+                let mut ss: i32 = 1 << (PRECISION_BITS - 1);
+                for (p, c) in in_row[xmin..xmin + xmax].iter().zip(k) {
+                    ss = ss.wrapping_add((*p as i32).wrapping_mul(*c));
+                }
+                *o = clip8(ss);
+            }
+        }
+        cur = &cur_px;
+        cur_w = ow;
+        row_shift = first;
+    }
+    if out_h == src.height {
+        return Gray {
+            width: out_w,
+            height: out_h,
+            px: cur.to_vec(),
+        };
+    }
+    let mut out = vec![0u8; cur_w * out_h as usize];
+    let mut acc = vec![0i32; cur_w];
+    for (yy, out_row) in out.chunks_exact_mut(cur_w).enumerate() {
+        let (ymin, ymax) = vert.bounds[yy];
+        let ymin = ymin - row_shift;
+        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + ymax];
+        acc.iter_mut().for_each(|a| *a = 1 << (PRECISION_BITS - 1));
+        // Row-at-a-time accumulation: same integer sums as Pillow's per-pixel loop (integer
+        // addition is associative), but cache friendly.
+        for (y, c) in k.iter().enumerate() {
+            let in_row = &cur[(ymin + y) * cur_w..(ymin + y + 1) * cur_w];
+            for (a, p) in acc.iter_mut().zip(in_row) {
+                *a = a.wrapping_add((*p as i32).wrapping_mul(*c));
+            }
+        }
+        for (o, a) in out_row.iter_mut().zip(&acc) {
+            *o = clip8(*a);
+        }
+    }
+    Gray {
+        width: cur_w as u32,
+        height: out_h,
+        px: out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luma_formula_matches_pillow() {
+        assert_eq!(rgb_to_l(255, 255, 255), 255);
+        assert_eq!(rgb_to_l(0, 0, 0), 0);
+        assert_eq!(rgb_to_l(255, 0, 0), 76);
+        assert_eq!(rgb_to_l(0, 255, 0), 150);
+        assert_eq!(rgb_to_l(0, 0, 255), 29);
+        // Values observed from Pillow 12.3 `Image.frombytes('CMYK', ...).convert('L')`.
+        assert_eq!(cmyk_to_l(10, 20, 30, 40), 200);
+        assert_eq!(cmyk_to_l(200, 100, 50, 25), 118);
+        assert_eq!(cmyk_to_l(255, 255, 255, 0), 0);
+    }
+
+    #[test]
+    fn resize_constant_stays_constant() {
+        let g = Gray {
+            width: 100,
+            height: 37,
+            px: vec![77; 3700],
+        };
+        let r = resize_lanczos(&g, 32, 32);
+        assert_eq!(r.px.len(), 1024);
+        assert!(r.px.iter().all(|&v| v == 77));
+        let up = resize_lanczos(
+            &Gray {
+                width: 3,
+                height: 2,
+                px: vec![9; 6],
+            },
+            9,
+            8,
+        );
+        assert!(up.px.iter().all(|&v| v == 9));
+    }
+}
