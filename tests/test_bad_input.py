@@ -43,7 +43,7 @@ def bad_corpus(tmp_path, photo_rgb):
         "badcrc.png": (lambda b: b[:40] + bytes([b[40] ^ 0xFF]) + b[41:])(png_bytes(rgb)),
         "really_png.jpg": png_bytes(rgb[:, ::-1]),
         "cmyk.jpg": jpeg_bytes(Image.fromarray(rgb).convert("CMYK")),
-        "gray16.png": png_bytes(Image.fromarray((rgb[..., 0].astype(np.uint16) * 257), mode="I;16")),
+        "gray16.png": png_bytes(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)),
         "palette.png": png_bytes(Image.fromarray(rgb).convert("P")),
         "alpha.png": png_bytes(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])),
         "rotated.jpg": exif_rotated_jpeg(rgb[::-1]),

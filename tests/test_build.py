@@ -215,3 +215,49 @@ def test_compressed_and_globbed_inputs_give_the_same_samples(mixed_corpus, tmp_p
         return res
 
     assert samples(plain) == samples(other)
+
+
+def _members_by_key(out: Path) -> dict[str, dict[str, bytes]]:
+    res: dict[str, dict[str, bytes]] = {}
+    for shard in shard_files(out):
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                key, suffix = m.name.split(".", 1)
+                res.setdefault(key, {})[suffix] = tf.extractfile(m).read()
+    return res
+
+
+def test_build_output_reads_in_tar_webdataset_and_energon(mixed_corpus, tmp_path):
+    import subprocess
+
+    import webdataset as wds
+    from megatron.energon import WorkerConfig, get_loader, get_val_dataset
+
+    out = tmp_path / "out"
+    build(mixed_corpus, out, "--samples-per-shard", "30")
+    expected = _members_by_key(out)
+
+    listed = []
+    for shard in shard_files(out):
+        tar_t = subprocess.run(["tar", "-tf", str(shard)], check=True, capture_output=True,
+                               text=True).stdout.split()
+        listed += tar_t
+    assert sorted(listed) == sorted(f"{k}.{s}" for k, ms in expected.items() for s in ms)
+
+    urls = [str(p) for p in shard_files(out)]
+    got = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        got[sample["__key__"]] = {k: v for k, v in sample.items() if not k.startswith("__")}
+    assert got == expected
+
+    wc = WorkerConfig(rank=0, world_size=1, num_workers=0)
+    ds = get_val_dataset(out, split_part="train", worker_config=wc, batch_size=None)
+    loaded = list(get_loader(ds))
+    assert [s.__key__ for s in loaded] == list(expected)
+    for s in loaded:
+        *images, text = s.sequence
+        meta = json.loads(text)
+        assert meta == json.loads(expected[s.__key__]["json"])
+        assert len(images) == len(meta["images"])
+        for tensor, img in zip(images, meta["images"]):
+            assert tuple(tensor.shape[-2:]) == (img["height"], img["width"])

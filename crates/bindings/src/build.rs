@@ -14,7 +14,9 @@ fn parse_phash(s: &str) -> PyResult<PhashMode> {
         "fast" => Ok(PhashMode::Fast),
         "exact" => Ok(PhashMode::Exact),
         "off" => Ok(PhashMode::Off),
-        _ => Err(PyValueError::new_err(format!("--phash must be fast, exact or off, not {s:?}"))),
+        _ => Err(PyValueError::new_err(format!(
+            "--phash must be fast, exact or off, not {s:?}"
+        ))),
     }
 }
 
@@ -24,7 +26,9 @@ fn parse_progress(s: &str) -> PyResult<Progress> {
         "bar" => Ok(Progress::Bar),
         "log" => Ok(Progress::Log),
         "quiet" => Ok(Progress::Quiet),
-        _ => Err(PyValueError::new_err(format!("--progress must be auto, bar, log or quiet, not {s:?}"))),
+        _ => Err(PyValueError::new_err(format!(
+            "--progress must be auto, bar, log or quiet, not {s:?}"
+        ))),
     }
 }
 
@@ -65,7 +69,11 @@ fn build(
     o.dedup = match dedup {
         "exact" => DedupMode::Exact,
         "off" => DedupMode::Off,
-        _ => return Err(PyValueError::new_err(format!("--dedup must be exact or off, not {dedup:?}"))),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "--dedup must be exact or off, not {dedup:?}"
+            )))
+        }
     };
     o.max_pixels = max_pixels;
     if let Some(n) = max_image_pixels {

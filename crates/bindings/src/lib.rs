@@ -5,10 +5,30 @@ use pyo3::prelude::*;
 
 mod build;
 
-pyo3::create_exception!(_native, PackError, pyo3::exceptions::PyException, "A llava-pack job failed.");
-pyo3::create_exception!(_native, InputError, PackError, "The input could not be read.");
-pyo3::create_exception!(_native, OutputError, PackError, "The output could not be written.");
-pyo3::create_exception!(_native, ResumeError, PackError, "A job could not be resumed.");
+pyo3::create_exception!(
+    _native,
+    PackError,
+    pyo3::exceptions::PyException,
+    "A llava-pack job failed."
+);
+pyo3::create_exception!(
+    _native,
+    InputError,
+    PackError,
+    "The input could not be read."
+);
+pyo3::create_exception!(
+    _native,
+    OutputError,
+    PackError,
+    "The output could not be written."
+);
+pyo3::create_exception!(
+    _native,
+    ResumeError,
+    PackError,
+    "A job could not be resumed."
+);
 
 /// Map a job-level Rust error to its Python exception.
 pub(crate) fn to_py_err(e: packer::PackError) -> PyErr {

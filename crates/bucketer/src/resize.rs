@@ -17,7 +17,11 @@ pub enum ResizeError {
 fn round_to_multiple(n: u64, factor: u64) -> u64 {
     let (q, r) = (n / factor, n % factor);
     let twice = 2 * r;
-    let q = if twice > factor || (twice == factor && q % 2 == 1) { q + 1 } else { q };
+    let q = if twice > factor || (twice == factor && q % 2 == 1) {
+        q + 1
+    } else {
+        q
+    };
     q * factor
 }
 
@@ -36,7 +40,11 @@ pub fn smart_resize(
     let (h, w, f) = (height as u64, width as u64, factor as u64);
     let ratio = h.max(w) as f64 / h.min(w) as f64;
     if ratio > 200.0 {
-        return Err(ResizeError::AspectRatio { height, width, ratio });
+        return Err(ResizeError::AspectRatio {
+            height,
+            width,
+            ratio,
+        });
     }
     let mut h_bar = round_to_multiple(h, f).max(f);
     let mut w_bar = round_to_multiple(w, f).max(f);
@@ -85,6 +93,9 @@ mod tests {
             smart_resize(10, 2500, 28, 3136, 2_560_000),
             Err(ResizeError::AspectRatio { .. })
         ));
-        assert!(matches!(smart_resize(0, 5, 28, 1, 2), Err(ResizeError::Empty { .. })));
+        assert!(matches!(
+            smart_resize(0, 5, 28, 1, 2),
+            Err(ResizeError::Empty { .. })
+        ));
     }
 }

@@ -27,9 +27,15 @@ pub enum PackError {
 
 impl PackError {
     pub fn input(path: impl Into<PathBuf>, message: impl ToString) -> Self {
-        PackError::Input { path: path.into(), message: message.to_string() }
+        PackError::Input {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
     pub fn output(path: impl Into<PathBuf>, message: impl ToString) -> Self {
-        PackError::Output { path: path.into(), message: message.to_string() }
+        PackError::Output {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
 }

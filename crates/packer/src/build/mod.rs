@@ -54,18 +54,32 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
     let files: Vec<PathBuf> = source.files().to_vec();
     let file_sizes: Vec<(String, u64)> = files
         .iter()
-        .map(|f| (f.display().to_string(), std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)))
+        .map(|f| {
+            (
+                f.display().to_string(),
+                std::fs::metadata(f).map(|m| m.len()).unwrap_or(0),
+            )
+        })
         .collect();
     let fingerprint = opts.fingerprint(&file_sizes);
     let ckpt = prepare_output(opts, &fingerprint)?;
     let resumed_from = ckpt.next_index;
     if ckpt.complete {
-        log(opts, &format!("llava-pack: {} is already complete", opts.output.display()));
+        log(
+            opts,
+            &format!("llava-pack: {} is already complete", opts.output.display()),
+        );
         return Ok(summary(opts, &ckpt, started, resumed_from));
     }
     if resumed_from > 0 {
         source.skip(resumed_from)?;
-        log(opts, &format!("llava-pack: resuming after {resumed_from} records ({} shards)", ckpt.shards.len()));
+        log(
+            opts,
+            &format!(
+                "llava-pack: resuming after {resumed_from} records ({} shards)",
+                ckpt.shards.len()
+            ),
+        );
     }
 
     let workers = opts.worker_count();
@@ -93,7 +107,9 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
                 let st = &writer.ckpt.stats;
                 wcounters.samples.store(st.samples, Ordering::Relaxed);
                 wcounters.rejects.store(st.rejects, Ordering::Relaxed);
-                wcounters.shards.store(writer.ckpt.shards.len() as u64, Ordering::Relaxed);
+                wcounters
+                    .shards
+                    .store(writer.ckpt.shards.len() as u64, Ordering::Relaxed);
             }
             Ok(writer)
         });
@@ -113,8 +129,11 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
                     return Ok(());
                 }
                 let end = recs.last().map(|r| r.index + 1).unwrap();
-                let out: Vec<Processed> =
-                    pool.install(|| recs.into_par_iter().map(|r| process::process(r, &ctx)).collect());
+                let out: Vec<Processed> = pool.install(|| {
+                    recs.into_par_iter()
+                        .map(|r| process::process(r, &ctx))
+                        .collect()
+                });
                 next.store(end, Ordering::Relaxed);
                 counters.records.store(end, Ordering::Relaxed);
                 counters.bytes.store(source.progress().0, Ordering::Relaxed);
@@ -153,7 +172,12 @@ fn log(opts: &BuildOptions, msg: &str) {
     }
 }
 
-fn summary(opts: &BuildOptions, c: &Checkpoint, started: Instant, resumed_from: u64) -> BuildSummary {
+fn summary(
+    opts: &BuildOptions,
+    c: &Checkpoint,
+    started: Instant,
+    resumed_from: u64,
+) -> BuildSummary {
     BuildSummary {
         records: c.stats.records,
         samples: c.stats.samples,
@@ -176,7 +200,11 @@ fn prepare_output(opts: &BuildOptions, fingerprint: &serde_json::Value) -> Resul
         return Err(PackError::output(out, "exists and is not a directory"));
     }
     let has_job = paths.job.exists();
-    let non_empty = out.is_dir() && std::fs::read_dir(out).map_err(|e| oerr(out, e))?.next().is_some();
+    let non_empty = out.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| oerr(out, e))?
+            .next()
+            .is_some();
     if opts.overwrite && has_job {
         clean_previous(out, &opts.prefix)?;
     } else if opts.resume && has_job {
@@ -195,7 +223,9 @@ fn prepare_output(opts: &BuildOptions, fingerprint: &serde_json::Value) -> Resul
                 .map_err(|e| PackError::Resume(format!("corrupt checkpoint: {e}")))?,
             Err(_) => Checkpoint::empty(),
         };
-        remove_uncommitted(out, &opts.prefix, &ckpt)?;
+        if !ckpt.complete {
+            remove_uncommitted(out, &opts.prefix, &ckpt)?;
+        }
         return Ok(ckpt);
     } else if has_job {
         return Err(PackError::output(
@@ -203,7 +233,10 @@ fn prepare_output(opts: &BuildOptions, fingerprint: &serde_json::Value) -> Resul
             "holds a previous llava-pack build; pass --resume to continue it or --overwrite to replace it",
         ));
     } else if non_empty {
-        return Err(PackError::output(out, "is not empty and holds no llava-pack build; choose an empty directory"));
+        return Err(PackError::output(
+            out,
+            "is not empty and holds no llava-pack build; choose an empty directory",
+        ));
     }
     std::fs::create_dir_all(&paths.dir).map_err(|e| oerr(&paths.dir, e))?;
     let data = serde_json::to_vec_pretty(fingerprint).expect("fingerprint serialises");
@@ -216,8 +249,13 @@ fn shard_number(name: &str, prefix: &str) -> Option<u32> {
     let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
     let digits = rest.split('.').next()?;
     let tail = &rest[digits.len()..];
-    let ok_tail = matches!(tail, ".tar" | ".tar.idx" | ".tar.partial" | ".tar.idx.tmp" | ".tar.idx.partial");
-    (digits.len() == 6 && ok_tail).then(|| digits.parse().ok()).flatten()
+    let ok_tail = matches!(
+        tail,
+        ".tar" | ".tar.idx" | ".tar.partial" | ".tar.idx.tmp" | ".tar.idx.partial"
+    );
+    (digits.len() == 6 && ok_tail)
+        .then(|| digits.parse().ok())
+        .flatten()
 }
 
 /// Delete shards past the checkpoint and any partial files (a crash may leave either).
@@ -246,7 +284,10 @@ fn clean_previous(out: &Path, prefix: &str) -> Result<()> {
         let entry = entry.map_err(|e| PackError::output(out, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let ours = shard_number(&name, prefix).is_some()
-            || matches!(name.as_str(), "manifest.json" | "stats.json" | "rejects.jsonl");
+            || matches!(
+                name.as_str(),
+                "manifest.json" | "stats.json" | "rejects.jsonl"
+            );
         if ours {
             std::fs::remove_file(entry.path()).map_err(|e| PackError::output(entry.path(), e))?;
         }
@@ -270,7 +311,8 @@ fn finalize(
 ) -> Result<()> {
     let out = &opts.output;
     let oerr = |p: PathBuf, e: std::io::Error| PackError::output(p, e);
-    crate::shard::write_energon_meta(out, &ckpt.shards).map_err(|e| oerr(out.join(".nv-meta"), e))?;
+    crate::shard::write_energon_meta(out, &ckpt.shards)
+        .map_err(|e| oerr(out.join(".nv-meta"), e))?;
     let st = &ckpt.stats;
     let manifest = json!({
         "format_version": crate::FORMAT_VERSION,

@@ -85,7 +85,10 @@ impl BuildOptions {
         }
         if self.prefix.is_empty()
             || self.prefix.len() > 40
-            || !self.prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return bad(format!(
                 "--prefix {:?} must be 1-40 characters of [A-Za-z0-9_-]",
@@ -93,13 +96,19 @@ impl BuildOptions {
             ));
         }
         if self.shard_size < 4096 {
-            return bad(format!("--shard-size {} is below the 4096-byte minimum", self.shard_size));
+            return bad(format!(
+                "--shard-size {} is below the 4096-byte minimum",
+                self.shard_size
+            ));
         }
         if self.samples_per_shard == 0 {
             return bad("--samples-per-shard must be at least 1".into());
         }
         if self.workers > 1024 {
-            return bad(format!("--workers {} is not a sensible thread count", self.workers));
+            return bad(format!(
+                "--workers {} is not a sensible thread count",
+                self.workers
+            ));
         }
         if self.max_pixels == Some(0) {
             return bad("--max-pixels must be positive".into());
@@ -116,7 +125,9 @@ impl BuildOptions {
     /// Worker threads to use (resolves 0 to the number of cores).
     pub fn worker_count(&self) -> usize {
         if self.workers == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             self.workers
         }
@@ -159,10 +170,18 @@ mod tests {
         assert!(o.validate().unwrap_err().to_string().contains("--prefix"));
         let mut o = BuildOptions::new("a.jsonl", "out");
         o.shard_size = 10;
-        assert!(o.validate().unwrap_err().to_string().contains("--shard-size"));
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--shard-size"));
         let mut o = BuildOptions::new("a.jsonl", "out");
         o.samples_per_shard = 0;
-        assert!(o.validate().unwrap_err().to_string().contains("--samples-per-shard"));
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--samples-per-shard"));
         let mut o = BuildOptions::new("a.jsonl", "out");
         o.resume = true;
         o.overwrite = true;

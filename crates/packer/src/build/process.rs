@@ -26,10 +26,15 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(opts: &BuildOptions, files: &[PathBuf]) -> Self {
         Ctx {
-            roots: files.iter().map(|f| input::image_root_for(f, opts.image_root.as_deref())).collect(),
+            roots: files
+                .iter()
+                .map(|f| input::image_root_for(f, opts.image_root.as_deref()))
+                .collect(),
             phash: opts.phash,
             dhash: opts.dhash,
-            limits: Limits { max_image_pixels: opts.max_image_pixels },
+            limits: Limits {
+                max_image_pixels: opts.max_image_pixels,
+            },
             max_pixels: opts.max_pixels,
             max_file_bytes: opts.max_file_bytes,
         }
@@ -108,22 +113,39 @@ pub fn process(rec: Record, ctx: &Ctx) -> Processed {
         Ok(p) => Outcome::Sample(Box::new(p)),
         Err(r) => Outcome::Reject(r),
     };
-    Processed { pos: Pos { index: rec.index, line: rec.line, file: rec.file }, outcome }
+    Processed {
+        pos: Pos {
+            index: rec.index,
+            line: rec.line,
+            file: rec.file,
+        },
+        outcome,
+    }
 }
 
 fn prepare(payload: Payload, root: &Path, ctx: &Ctx) -> Result<Prepared, Reject> {
     let sample = match payload {
-        Payload::Json(bytes) => input::parse(&bytes, root)
-            .map_err(|reason| Reject { category: "invalid_record", reason, id: None })?,
+        Payload::Json(bytes) => input::parse(&bytes, root).map_err(|reason| Reject {
+            category: "invalid_record",
+            reason,
+            id: id_of_invalid(&bytes),
+        })?,
         Payload::Sample(s) => s,
         Payload::Invalid(reason) => {
-            return Err(Reject { category: "invalid_record", reason, id: None })
+            return Err(Reject {
+                category: "invalid_record",
+                reason,
+                id: None,
+            })
         }
     };
     if sample.images.len() > MAX_IMAGES_PER_SAMPLE {
         return Err(Reject {
             category: "too_many_images",
-            reason: format!("{} images (at most {MAX_IMAGES_PER_SAMPLE})", sample.images.len()),
+            reason: format!(
+                "{} images (at most {MAX_IMAGES_PER_SAMPLE})",
+                sample.images.len()
+            ),
             id: sample.id.clone(),
         });
     }
@@ -137,22 +159,44 @@ fn prepare(payload: Payload, root: &Path, ctx: &Ctx) -> Result<Prepared, Reject>
                     ImageRef::Bytes { given: Some(g), .. } => format!("image {i} ({g})"),
                     ImageRef::Bytes { given: None, .. } => format!("image {i}"),
                 };
-                return Err(Reject { category, reason: format!("{what}: {why}"), id: sample.id });
+                return Err(Reject {
+                    category,
+                    reason: format!("{what}: {why}"),
+                    id: sample.id,
+                });
             }
         }
     }
     Ok(Prepared { sample, images })
 }
 
+/// Best-effort id of a record that failed validation, so its reject can name it.
+fn id_of_invalid(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    match v.get("id")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 fn prepare_image(r: &ImageRef, ctx: &Ctx) -> Result<PreparedImage, (&'static str, String)> {
     let (bytes, given) = match r {
-        ImageRef::File { given, resolved } => (read_image_file(resolved, ctx)?, Some(given.clone())),
+        ImageRef::File { given, resolved } => {
+            (read_image_file(resolved, ctx)?, Some(given.clone()))
+        }
         ImageRef::Bytes { data, given } => (data.clone(), given.clone()),
     };
     let analysis = image::analyze(&bytes, ctx.phash, ctx.dhash, &ctx.limits)
         .map_err(|e| (image_error_category(&e), e.to_string()))?;
     let content = image::content_hash(&bytes);
-    let mut img = PreparedImage { bytes, analysis, content, given, reencoded_from: None };
+    let mut img = PreparedImage {
+        bytes,
+        analysis,
+        content,
+        given,
+        reencoded_from: None,
+    };
     if let Some(max) = ctx.max_pixels {
         let info = &img.analysis.info;
         if let Some(new) = image::reencode_within(&img.bytes, info, max)
@@ -177,7 +221,11 @@ fn read_image_file(path: &Path, ctx: &Ctx) -> Result<Vec<u8>, (&'static str, Str
     if meta.len() > ctx.max_file_bytes {
         return Err((
             "file_too_large",
-            format!("{} bytes exceeds the {}-byte limit", meta.len(), ctx.max_file_bytes),
+            format!(
+                "{} bytes exceeds the {}-byte limit",
+                meta.len(),
+                ctx.max_file_bytes
+            ),
         ));
     }
     std::fs::read(path).map_err(|e| ("unreadable_file", format!("cannot read: {e}")))

@@ -70,7 +70,8 @@ fn spawn_bar(c: Arc<Counters>, total: Option<u64>, stop: Arc<AtomicBool>) -> Joi
         let t0 = Instant::now();
         let r0 = c.records.load(Ordering::Relaxed);
         while !stop.load(Ordering::Relaxed) {
-            let rate = (c.records.load(Ordering::Relaxed) - r0) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+            let rate = (c.records.load(Ordering::Relaxed) - r0) as f64
+                / t0.elapsed().as_secs_f64().max(1e-3);
             bar.set_position(c.bytes.load(Ordering::Relaxed));
             bar.set_message(message(&c, rate));
             std::thread::sleep(Duration::from_millis(200));
@@ -95,7 +96,11 @@ fn spawn_log(c: Arc<Counters>, total: Option<u64>, stop: Arc<AtomicBool>) -> Joi
             let done = c.bytes.load(Ordering::Relaxed);
             let eta = match total {
                 Some(t) if done > 0 && t >= done => {
-                    format!(", {:.0}% of input, ETA {:.0}s", 100.0 * done as f64 / t as f64, secs * (t - done) as f64 / done as f64)
+                    format!(
+                        ", {:.0}% of input, ETA {:.0}s",
+                        100.0 * done as f64 / t as f64,
+                        secs * (t - done) as f64 / done as f64
+                    )
                 }
                 _ => String::new(),
             };

@@ -49,7 +49,10 @@ impl Stats {
     pub fn reject(&mut self, category: &str) {
         self.records += 1;
         self.rejects += 1;
-        *self.rejects_by_reason.entry(category.to_string()).or_default() += 1;
+        *self
+            .rejects_by_reason
+            .entry(category.to_string())
+            .or_default() += 1;
     }
 
     pub fn image(&mut self, info: &ImageInfo, stored_bytes: u64) {
@@ -59,7 +62,10 @@ impl Stats {
         }
         self.images += 1;
         self.image_bytes += stored_bytes;
-        *self.formats.entry(info.format.ext().to_string()).or_default() += 1;
+        *self
+            .formats
+            .entry(info.format.ext().to_string())
+            .or_default() += 1;
         *self.colors.entry(info.color.clone()).or_default() += 1;
         self.long_side_hist[bin(&LONG_SIDE_EDGES, info.width.max(info.height))] += 1;
         let mp = info.width as f64 * info.height as f64 / 1e6;
@@ -177,7 +183,12 @@ fn key_hash(key: &str) -> u64 {
 impl KeyTable {
     /// Open the journal, keep its first `committed` bytes (drop anything after) and replay them.
     pub fn open(path: &Path, committed: u64) -> io::Result<Self> {
-        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         f.set_len(committed)?;
         let mut buf = Vec::with_capacity(committed as usize);
         f.seek(SeekFrom::Start(0))?;
@@ -190,13 +201,22 @@ impl KeyTable {
             let flag = buf[pos];
             pos += 1;
             let hash = if flag == 1 {
-                let h: [u8; 16] = buf.get(pos..pos + 16).ok_or_else(corrupt)?.try_into().unwrap();
+                let h: [u8; 16] = buf
+                    .get(pos..pos + 16)
+                    .ok_or_else(corrupt)?
+                    .try_into()
+                    .unwrap();
                 pos += 16;
                 Some(h)
             } else {
                 None
             };
-            let n = u16::from_le_bytes(buf.get(pos..pos + 2).ok_or_else(corrupt)?.try_into().unwrap());
+            let n = u16::from_le_bytes(
+                buf.get(pos..pos + 2)
+                    .ok_or_else(corrupt)?
+                    .try_into()
+                    .unwrap(),
+            );
             pos += 2;
             let key = std::str::from_utf8(buf.get(pos..pos + n as usize).ok_or_else(corrupt)?)
                 .map_err(|_| corrupt())?;
@@ -207,7 +227,12 @@ impl KeyTable {
             }
         }
         f.seek(SeekFrom::End(0))?;
-        Ok(KeyTable { keys, seen, file: BufWriter::with_capacity(1 << 16, f), len: committed })
+        Ok(KeyTable {
+            keys,
+            seen,
+            file: BufWriter::with_capacity(1 << 16, f),
+            len: committed,
+        })
     }
 
     pub fn key_taken(&self, key: &str) -> bool {
@@ -216,7 +241,9 @@ impl KeyTable {
 
     /// The key of the first sample with this image set, if any.
     pub fn first_with(&mut self, hash: &[u8; 16]) -> io::Result<Option<String>> {
-        let Some(&off) = self.seen.get(hash) else { return Ok(None) };
+        let Some(&off) = self.seen.get(hash) else {
+            return Ok(None);
+        };
         self.file.flush()?;
         let f = self.file.get_mut();
         f.seek(SeekFrom::Start(off + 17))?;

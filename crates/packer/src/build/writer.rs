@@ -43,7 +43,8 @@ impl Writer {
         let out = opts.output.clone();
         let paths = StatePaths::new(&out);
         let oerr = |p: &Path, e: std::io::Error| PackError::output(p, e);
-        let keys = KeyTable::open(&paths.journal, ckpt.journal_bytes).map_err(|e| oerr(&paths.journal, e))?;
+        let keys = KeyTable::open(&paths.journal, ckpt.journal_bytes)
+            .map_err(|e| oerr(&paths.journal, e))?;
         let rpath = out.join("rejects.jsonl");
         let rf = OpenOptions::new()
             .write(true)
@@ -51,10 +52,13 @@ impl Writer {
             .truncate(false)
             .open(&rpath)
             .map_err(|e| oerr(&rpath, e))?;
-        rf.set_len(ckpt.rejects_bytes).map_err(|e| oerr(&rpath, e))?;
+        rf.set_len(ckpt.rejects_bytes)
+            .map_err(|e| oerr(&rpath, e))?;
         let mut rejects = BufWriter::with_capacity(1 << 16, rf);
         use std::io::Seek;
-        rejects.seek(std::io::SeekFrom::End(0)).map_err(|e| oerr(&rpath, e))?;
+        rejects
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|e| oerr(&rpath, e))?;
         Ok(Writer {
             prefix: opts.prefix.clone(),
             shard_size: opts.shard_size,
@@ -141,7 +145,11 @@ impl Writer {
             .enumerate()
             .map(|(i, img)| {
                 let ext = img.info().format.ext();
-                if multi { format!("img{i}.{ext}") } else { ext.to_string() }
+                if multi {
+                    format!("img{i}.{ext}")
+                } else {
+                    ext.to_string()
+                }
             })
             .collect();
         let meta = self.sample_json(p, key, prep, &suffixes);
@@ -149,9 +157,15 @@ impl Writer {
             .images
             .iter()
             .zip(&suffixes)
-            .map(|(img, s)| Member { suffix: s, data: &img.bytes })
+            .map(|(img, s)| Member {
+                suffix: s,
+                data: &img.bytes,
+            })
             .collect();
-        members.push(Member { suffix: "json", data: &meta });
+        members.push(Member {
+            suffix: "json",
+            data: &meta,
+        });
         let size = shard::tar_sample_size(members.iter().map(|m| m.data.len()));
 
         if let Some(w) = &self.shard {
@@ -161,12 +175,14 @@ impl Writer {
         }
         if self.shard.is_none() {
             let no = self.ckpt.shards.len() as u32;
-            let w = ShardWriter::create(&self.out, &self.prefix, no)
-                .map_err(|e| PackError::output(self.out.join(shard::shard_name(&self.prefix, no)), e))?;
+            let w = ShardWriter::create(&self.out, &self.prefix, no).map_err(|e| {
+                PackError::output(self.out.join(shard::shard_name(&self.prefix, no)), e)
+            })?;
             self.shard = Some(w);
         }
         let w = self.shard.as_mut().unwrap();
-        w.append(key, &members).map_err(|e| PackError::output(&self.out, e))?;
+        w.append(key, &members)
+            .map_err(|e| PackError::output(&self.out, e))?;
 
         let st = &mut self.ckpt.stats;
         st.records += 1;
@@ -188,10 +204,17 @@ impl Writer {
     fn sample_json(&self, p: &Pos, key: &str, prep: &Prepared, suffixes: &[String]) -> Vec<u8> {
         let s = &prep.sample;
         let mut m = Map::new();
-        m.insert("id".into(), s.id.clone().map(Value::String).unwrap_or(Value::Null));
+        m.insert(
+            "id".into(),
+            s.id.clone().map(Value::String).unwrap_or(Value::Null),
+        );
         m.insert("kind".into(), json!(s.kind));
         for (k, v) in &s.fields {
-            let name = if RESERVED.contains(&k.as_str()) { format!("orig_{k}") } else { k.clone() };
+            let name = if RESERVED.contains(&k.as_str()) {
+                format!("orig_{k}")
+            } else {
+                k.clone()
+            };
             m.insert(name, v.clone());
         }
         let images: Vec<Value> = prep
@@ -221,13 +244,18 @@ impl Writer {
             })
             .collect();
         m.insert("images".into(), Value::Array(images));
-        m.insert("source".into(), json!({"file": self.files[p.file], "line": p.line, "key": key}));
+        m.insert(
+            "source".into(),
+            json!({"file": self.files[p.file], "line": p.line, "key": key}),
+        );
         serde_json::to_vec(&Value::Object(m)).expect("JSON values always serialise")
     }
 
     /// Close the open shard and commit a checkpoint covering records before `next_index`.
     fn finish_shard(&mut self, next_index: u64) -> Result<()> {
-        let Some(w) = self.shard.take() else { return Ok(()) };
+        let Some(w) = self.shard.take() else {
+            return Ok(());
+        };
         let info = w.finish().map_err(|e| PackError::output(&self.out, e))?;
         self.ckpt.shards.push(info);
         self.commit(next_index)
@@ -235,13 +263,19 @@ impl Writer {
 
     fn commit(&mut self, next_index: u64) -> Result<()> {
         let rpath = self.out.join("rejects.jsonl");
-        self.rejects.flush().map_err(|e| PackError::output(&rpath, e))?;
-        self.rejects.get_ref().sync_data().map_err(|e| PackError::output(&rpath, e))?;
+        self.rejects
+            .flush()
+            .map_err(|e| PackError::output(&rpath, e))?;
+        self.rejects
+            .get_ref()
+            .sync_data()
+            .map_err(|e| PackError::output(&rpath, e))?;
         self.ckpt.rejects_bytes = self.rejects_len;
         self.ckpt.journal_bytes = self.keys.commit().map_err(|e| self.jerr(e))?;
         self.ckpt.next_index = next_index;
         let data = serde_json::to_vec_pretty(&self.ckpt).expect("checkpoint serialises");
-        write_atomic(&self.paths.checkpoint, &data).map_err(|e| PackError::output(&self.paths.checkpoint, e))
+        write_atomic(&self.paths.checkpoint, &data)
+            .map_err(|e| PackError::output(&self.paths.checkpoint, e))
     }
 
     /// Finish the last shard and commit; the caller then writes the final artifacts.
@@ -253,14 +287,23 @@ impl Writer {
 }
 
 fn kind_name(prep: &Prepared) -> String {
-    json!(prep.sample.kind).as_str().unwrap_or("unknown").to_string()
+    json!(prep.sample.kind)
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 /// Map an id to `[A-Za-z0-9_-]{1,60}` (other characters become `_`).
 pub fn sanitize(id: &str) -> String {
     let mut s: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(MAX_KEY_BASE)
         .collect();
     if s.is_empty() {
