@@ -34,3 +34,26 @@ def probe_image(data: bytes) -> dict[str, object]:
 
 def image_hashes(data: bytes, mode: str = "exact", dhash: bool = True) -> dict[str, str | None]:
     """Perceptual hashes as 16-hex-digit strings (imagehash's `str()` form)."""
+
+class LengthCounter:
+    """Sequence lengths from a tokenizer.json + the Qwen2-VL chat template + smart_resize."""
+
+    def __init__(
+        self,
+        tokenizer: str,
+        *,
+        min_pixels: int = 3136,
+        max_pixels: int = 2560000,
+        patch_size: int = 14,
+        merge_size: int = 2,
+        system: str | None = "You are a helpful assistant.",
+        caption_prompt: str = "",
+    ) -> None: ...
+    def sample_length(self, sample: bytes) -> dict[str, object]: ...
+    def lengths(self, samples: list[bytes]) -> list[int]: ...
+    def image_grid(self, width: int, height: int) -> tuple[int, int, int, int]: ...
+    def encode(self, text: str) -> list[int]: ...
+
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 3136, max_pixels: int = 2560000
+) -> tuple[int, int]: ...

@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod build;
+mod lengths;
 
 pyo3::create_exception!(
     _native,
@@ -53,5 +54,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OutputError", py.get_type::<OutputError>())?;
     m.add("ResumeError", py.get_type::<ResumeError>())?;
     build::register(m)?;
+    lengths::register(m)?;
     Ok(())
 }

@@ -1,8 +1,16 @@
 //! `bucketer`: native-resolution token lengths, resolution buckets and offline sequence packing.
 //!
-//! This crate is filled by the packing work; for now it holds the exact `smart_resize` used to
-//! turn an image's native size into its LLM token count (see `../shared/REFERENCE.md` §2).
+//! - [`resize`]: the exact Qwen2-VL `smart_resize` (REFERENCE §2), the source of image token
+//!   counts.
+//! - [`template`]: the Qwen2-VL chat template as structured turns and token segments, shared by
+//!   length computation and the training loader.
+//! - [`length`]: per-sample sequence lengths from a `tokenizer.json` and image sizes, without
+//!   decoding images.
 
+pub mod length;
 pub mod resize;
+pub mod template;
 
+pub use length::{ImageGrid, LengthCounter, LengthError, SampleLength, VisionConfig};
 pub use resize::{smart_resize, ResizeError};
+pub use template::TemplateOptions;

@@ -1,0 +1,173 @@
+//! Token lengths of samples: image tokens from the exact `smart_resize`, text tokens from an
+//! HF `tokenizer.json` over the rendered chat template — the count the transformers processor
+//! would produce, without decoding a single image.
+
+use std::path::Path;
+
+use serde_json::Value;
+use thiserror::Error;
+use tokenizers::Tokenizer;
+
+use crate::resize::{smart_resize, ResizeError};
+use crate::template::{self, Rendered, Segment, TemplateError, TemplateOptions};
+
+/// Image-processor settings (REFERENCE §1: patch 14, merge 2, temporal patch 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionConfig {
+    pub patch_size: u32,
+    pub merge_size: u32,
+    pub min_pixels: u64,
+    pub max_pixels: u64,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        VisionConfig { patch_size: 14, merge_size: 2, min_pixels: 3136, max_pixels: 2_560_000 }
+    }
+}
+
+impl VisionConfig {
+    /// Resized (height, width), vision-tower patches and LLM tokens for an image.
+    pub fn image_grid(&self, width: u32, height: u32) -> Result<ImageGrid, ResizeError> {
+        let factor = self.patch_size * self.merge_size;
+        let (h, w) = smart_resize(height, width, factor, self.min_pixels, self.max_pixels)?;
+        let patches = (h / self.patch_size) as u64 * (w / self.patch_size) as u64;
+        let merge = (self.merge_size * self.merge_size) as u64;
+        Ok(ImageGrid { height: h, width: w, patches, tokens: (patches / merge) as u32 })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageGrid {
+    pub height: u32,
+    pub width: u32,
+    /// Vision-tower patches (h/14 · w/14), excluding the CLS token.
+    pub patches: u64,
+    /// LLM tokens (`<|image_pad|>` count) = patches / 4.
+    pub tokens: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum LengthError {
+    #[error("cannot load tokenizer {path}: {message}")]
+    Tokenizer { path: String, message: String },
+    #[error("tokenizer lacks special token {0}")]
+    MissingSpecial(&'static str),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("image {index}: {source}")]
+    Image { index: usize, source: ResizeError },
+    #[error("image {0} has no width/height")]
+    NoSize(usize),
+    #[error("tokenisation failed: {0}")]
+    Encode(String),
+}
+
+/// Token count of one sample, split by kind.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SampleLength {
+    /// Total sequence length (what packing and the loader use).
+    pub total: u32,
+    pub text_tokens: u32,
+    pub special_tokens: u32,
+    /// LLM tokens of each image.
+    pub image_tokens: Vec<u32>,
+    /// Vision-tower patches of each image (ViT cost).
+    pub image_patches: Vec<u64>,
+}
+
+impl SampleLength {
+    pub fn image_token_total(&self) -> u32 {
+        self.image_tokens.iter().sum()
+    }
+}
+
+/// Ids of the template's special tokens in a tokenizer.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecialIds {
+    pub im_start: u32,
+    pub im_end: u32,
+    pub vision_start: u32,
+    pub vision_end: u32,
+    pub image_pad: u32,
+}
+
+pub struct LengthCounter {
+    tokenizer: Tokenizer,
+    pub vision: VisionConfig,
+    pub template: TemplateOptions,
+    pub ids: SpecialIds,
+}
+
+impl LengthCounter {
+    pub fn from_file(path: &Path, vision: VisionConfig, template: TemplateOptions) -> Result<Self, LengthError> {
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| LengthError::Tokenizer {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let id = |t: &'static str| tokenizer.token_to_id(t).ok_or(LengthError::MissingSpecial(t));
+        let ids = SpecialIds {
+            im_start: id("<|im_start|>")?,
+            im_end: id("<|im_end|>")?,
+            vision_start: id("<|vision_start|>")?,
+            vision_end: id("<|vision_end|>")?,
+            image_pad: id("<|image_pad|>")?,
+        };
+        Ok(LengthCounter { tokenizer, vision, template, ids })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of a text segment (added/special tokens inside it are honoured, as in HF).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LengthError> {
+        let enc = self.tokenizer.encode_fast(text, false).map_err(|e| LengthError::Encode(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Render a per-sample JSON document (as written by `llava-pack build`).
+    pub fn render(&self, sample: &Value) -> Result<(Rendered, Vec<ImageGrid>), LengthError> {
+        let grids = image_grids(sample, &self.vision)?;
+        let turns = template::turns(sample, grids.len(), &self.template)?;
+        Ok((template::render(&turns, &self.template), grids))
+    }
+
+    /// Sequence length of a per-sample JSON document.
+    pub fn sample_length(&self, sample: &Value) -> Result<SampleLength, LengthError> {
+        let (rendered, grids) = self.render(sample)?;
+        let (mut text, mut special, mut image) = (0u32, 0u32, 0u32);
+        for seg in &rendered.segments {
+            match seg {
+                Segment::Text { text: t, .. } => {
+                    let enc = self.tokenizer.encode_fast(t.as_str(), false).map_err(|e| LengthError::Encode(e.to_string()))?;
+                    text += enc.len() as u32;
+                }
+                Segment::Special { .. } => special += 1,
+                Segment::ImagePads { image: i } => image += grids[*i].tokens,
+            }
+        }
+        Ok(SampleLength {
+            total: text + special + image,
+            text_tokens: text,
+            special_tokens: special,
+            image_tokens: grids.iter().map(|g| g.tokens).collect(),
+            image_patches: grids.iter().map(|g| g.patches).collect(),
+        })
+    }
+}
+
+/// The resize grid of every image listed in the sample's `images` metadata.
+pub fn image_grids(sample: &Value, vision: &VisionConfig) -> Result<Vec<ImageGrid>, LengthError> {
+    let empty = Vec::new();
+    let images = sample.get("images").and_then(Value::as_array).unwrap_or(&empty);
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| {
+            let w = im.get("width").and_then(Value::as_u64).ok_or(LengthError::NoSize(i))?;
+            let h = im.get("height").and_then(Value::as_u64).ok_or(LengthError::NoSize(i))?;
+            vision.image_grid(w as u32, h as u32).map_err(|source| LengthError::Image { index: i, source })
+        })
+        .collect()
+}

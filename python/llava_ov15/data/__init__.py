@@ -1,0 +1,1 @@
+"""Data utilities: the Qwen tokenizer file builder, token lengths, shard loaders."""
