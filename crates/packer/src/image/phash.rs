@@ -9,8 +9,8 @@ const N: usize = 32;
 fn cos_table() -> [f64; 4 * N] {
     // Period 4N = 128; zero crossing at m = N (a quarter period).
     let mut t = [0f64; 4 * N];
-    for m in 0..N {
-        t[m] = (std::f64::consts::PI * m as f64 / (2 * N) as f64).cos();
+    for (m, v) in t.iter_mut().enumerate().take(N) {
+        *v = (std::f64::consts::PI * m as f64 / (2 * N) as f64).cos();
     }
     t[N] = 0.0;
     for m in N + 1..=2 * N {
