@@ -1,4 +1,10 @@
 //! `imagehash.phash` / `imagehash.dhash` (imagehash 4.3.2) on an already "L" image.
+//!
+//! Exactness bound: imagehash thresholds scipy's FFT-based DCT at the median. Where the
+//! mathematically exact coefficients are zero, scipy returns either exact zeros (constant
+//! rows/columns — reproduced here) or ±1e-13 rounding noise whose sign depends on pocketfft's
+//! operation order, e.g. images only 2 px wide or high upsampled to 32. For those degenerate
+//! images the median is noise and some phash bits can differ from imagehash; dhash is exact.
 
 use super::pillow::{resize_lanczos, Gray};
 
