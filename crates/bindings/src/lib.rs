@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod build;
+mod image;
 mod lengths;
 
 pyo3::create_exception!(
@@ -55,5 +56,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ResumeError", py.get_type::<ResumeError>())?;
     build::register(m)?;
     lengths::register(m)?;
+    image::register(m)?;
     Ok(())
 }

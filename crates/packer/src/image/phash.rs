@@ -1,4 +1,10 @@
 //! `imagehash.phash` / `imagehash.dhash` (imagehash 4.3.2) on an already "L" image.
+//!
+//! Exactness bound: imagehash thresholds scipy's FFT-based DCT at the median. Where the
+//! mathematically exact coefficients are zero, scipy returns either exact zeros (constant
+//! rows/columns — reproduced here) or ±1e-13 rounding noise whose sign depends on pocketfft's
+//! operation order, e.g. images only 2 px wide or high upsampled to 32. For those degenerate
+//! images the median is noise and some phash bits can differ from imagehash; dhash is exact.
 
 use super::pillow::{resize_lanczos, Gray};
 
@@ -9,8 +15,8 @@ const N: usize = 32;
 fn cos_table() -> [f64; 4 * N] {
     // Period 4N = 128; zero crossing at m = N (a quarter period).
     let mut t = [0f64; 4 * N];
-    for m in 0..N {
-        t[m] = (std::f64::consts::PI * m as f64 / (2 * N) as f64).cos();
+    for (m, v) in t.iter_mut().enumerate().take(N) {
+        *v = (std::f64::consts::PI * m as f64 / (2 * N) as f64).cos();
     }
     t[N] = 0.0;
     for m in N + 1..=2 * N {

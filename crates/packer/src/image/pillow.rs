@@ -105,10 +105,25 @@ fn clip8(ss: i32) -> u8 {
     (ss >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// `Image.resize((out_w, out_h), Image.LANCZOS)` on an "L" image, as Pillow 12 does it:
-/// horizontal pass first (only over the source rows the vertical pass will read), then the
-/// vertical pass; a pass is skipped when that axis keeps its size.
+/// `Image.resize((out_w, out_h), Image.LANCZOS)` on an "L" image, as Pillow 12.3 does it.
+/// `Image.resize` (Python) special-cases very tall images (height > 100 × width, height
+/// shrinking): it first resamples to `(width, out_h)`, then to `(out_w, out_h)`, i.e. the
+/// vertical pass runs first and the horizontal pass sees the already-rounded rows.
 pub fn resize_lanczos(src: &Gray, out_w: u32, out_h: u32) -> Gray {
+    if src.width == out_w && src.height == out_h {
+        return src.clone();
+    }
+    if src.height as u64 > src.width as u64 * 100 && out_h < src.height {
+        let tall = resample(src, src.width, out_h);
+        return resample(&tall, out_w, out_h);
+    }
+    resample(src, out_w, out_h)
+}
+
+/// Pillow's C `ImagingResample` (LANCZOS, 8-bit): horizontal pass first (only over the source
+/// rows the vertical pass will read), then the vertical pass; a pass is skipped when that axis
+/// keeps its size.
+fn resample(src: &Gray, out_w: u32, out_h: u32) -> Gray {
     if src.width == out_w && src.height == out_h {
         return src.clone();
     }

@@ -239,7 +239,7 @@ fn gif(b: &[u8]) -> ImageResult<Probed> {
 
 fn webp(b: &[u8]) -> ImageResult<Probed> {
     let chunk = b.get(12..16).ok_or_else(|| bad("webp", "no chunk"))?;
-    let (w, h, mut alpha, mut animated, mut exif_flag) = match chunk {
+    let (w, h, mut alpha, mut animated, exif_flag) = match chunk {
         b"VP8 " => {
             if b.get(23..26) != Some(&[0x9d, 0x01, 0x2a]) {
                 return Err(bad("webp", "bad VP8 start code"));
@@ -276,6 +276,7 @@ fn webp(b: &[u8]) -> ImageResult<Probed> {
         _ => return Err(bad("webp", "unknown first chunk")),
     };
     let mut orientation = 1;
+    // Extended files: walk the chunks for EXIF/ANIM/ALPH (cheap: jumps by chunk length).
     if exif_flag || animated || alpha {
         let mut pos = 12usize;
         while let (Some(ty), Some(len)) = (b.get(pos..pos + 4), le32(b, pos + 4)) {
@@ -283,10 +284,7 @@ fn webp(b: &[u8]) -> ImageResult<Probed> {
                 .get(pos + 8..(pos + 8 + len as usize).min(b.len()))
                 .unwrap_or(&[]);
             match ty {
-                b"EXIF" => {
-                    orientation = exif_orientation(data);
-                    exif_flag = false;
-                }
+                b"EXIF" => orientation = exif_orientation(data),
                 b"ANIM" => animated = true,
                 b"ALPH" => alpha = true,
                 _ => {}
@@ -295,7 +293,6 @@ fn webp(b: &[u8]) -> ImageResult<Probed> {
                 .saturating_add(8)
                 .saturating_add((len as usize + 1) & !1);
         }
-        let _ = exif_flag;
     }
     Ok((
         w,
