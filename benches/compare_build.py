@@ -97,8 +97,12 @@ def main() -> None:
         "floor (simplejpeg 1/8 decode)": timed(lambda: floor(corpus)),
         "python peer (PIL+imagehash+webdataset)": timed(lambda: python_peer(corpus, work / "peer")),
         "llava-pack fast, 1 worker": timed(lambda: llava_pack(corpus, work / "fast1")),
-        "llava-pack exact, 1 worker": timed(lambda: llava_pack(corpus, work / "exact1", "phash=exact")),
-        "llava-pack fast, 2 workers": timed(lambda: llava_pack(corpus, work / "fast2", "workers=2")),
+        "llava-pack exact, 1 worker": timed(
+            lambda: llava_pack(corpus, work / "exact1", "phash=exact")
+        ),
+        "llava-pack fast, 2 workers": timed(
+            lambda: llava_pack(corpus, work / "fast2", "workers=2")
+        ),
     }
     print(f"\n{n} samples, {mb:.0f} MB of images, {os.cpu_count()} cores")
     for k, t in res.items():

@@ -11,8 +11,9 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import jpeg_bytes, png_bytes, read_jsonl, run_cli, shard_files
 from PIL import Image
+
+from conftest import jpeg_bytes, png_bytes, read_jsonl, run_cli, shard_files
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -22,7 +23,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def bomb_png(w: int = 50_000, h: int = 50_000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def exif_rotated_jpeg(rgb: np.ndarray) -> bytes:
@@ -103,8 +109,19 @@ REJECTED = {  # id → (category, words the reason must contain)
 def test_each_bad_input_is_a_reject_or_accepted_correctly(bad_corpus, tmp_path, phash):
     corpus, n_lines = bad_corpus
     out = tmp_path / f"out-{phash}"
-    run_cli("build", "--input", str(corpus), "--output", str(out), "--progress", "quiet",
-            "--phash", phash, "--dedup", "off")
+    run_cli(
+        "build",
+        "--input",
+        str(corpus),
+        "--output",
+        str(out),
+        "--progress",
+        "quiet",
+        "--phash",
+        phash,
+        "--dedup",
+        "off",
+    )
     rejects = read_jsonl(out / "rejects.jsonl")
     metas = {}
     for shard in shard_files(out):
@@ -129,8 +146,17 @@ def test_each_bad_input_is_a_reject_or_accepted_correctly(bad_corpus, tmp_path, 
 def test_accepted_oddities_keep_their_facts(bad_corpus, tmp_path):
     corpus, _ = bad_corpus
     out = tmp_path / "out"
-    run_cli("build", "--input", str(corpus), "--output", str(out), "--progress", "quiet",
-            "--dedup", "off")
+    run_cli(
+        "build",
+        "--input",
+        str(corpus),
+        "--output",
+        str(out),
+        "--progress",
+        "quiet",
+        "--dedup",
+        "off",
+    )
     metas = {}
     with tarfile.open(shard_files(out)[0]) as tf:
         names = set(tf.getnames())
@@ -152,15 +178,30 @@ def test_bomb_limit_is_configurable(tmp_path):
     (tmp_path / "big.png").write_bytes(bomb_png(3000, 3000))
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"id": "b", "image": "big.png", "caption": "x"}) + "\n")
-    run_cli("build", "--input", str(corpus), "--output", str(tmp_path / "o"), "--progress",
-            "quiet", "--max-image-pixels", "1000000")
+    run_cli(
+        "build",
+        "--input",
+        str(corpus),
+        "--output",
+        str(tmp_path / "o"),
+        "--progress",
+        "quiet",
+        "--max-image-pixels",
+        "1000000",
+    )
     [r] = read_jsonl(tmp_path / "o" / "rejects.jsonl")
     assert r["category"] == "decompression_bomb" and "3000x3000" in r["reason"]
 
 
 def test_input_not_found_is_one_line_error(tmp_path):
-    p = run_cli("build", "--input", str(tmp_path / "nope.jsonl"), "--output",
-                str(tmp_path / "o"), check=False)
+    p = run_cli(
+        "build",
+        "--input",
+        str(tmp_path / "nope.jsonl"),
+        "--output",
+        str(tmp_path / "o"),
+        check=False,
+    )
     assert p.returncode == 1
     assert "nope.jsonl" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
@@ -184,17 +225,21 @@ def test_output_with_foreign_files_is_refused(tmp_path, mixed_corpus):
     assert (out / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--shard-size", "10"], "--shard-size"),
-    (["--shard-size", "lots"], "not a size"),
-    (["--samples-per-shard", "0"], "--samples-per-shard"),
-    (["--prefix", "a/b"], "--prefix"),
-    (["--phash", "slow"], "invalid choice"),
-    (["--workers", "-3"], "workers"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--shard-size", "10"], "--shard-size"),
+        (["--shard-size", "lots"], "not a size"),
+        (["--samples-per-shard", "0"], "--samples-per-shard"),
+        (["--prefix", "a/b"], "--prefix"),
+        (["--phash", "slow"], "invalid choice"),
+        (["--workers", "-3"], "workers"),
+    ],
+)
 def test_invalid_options_give_one_line_errors(tmp_path, mixed_corpus, args, words):
-    p = run_cli("build", "--input", str(mixed_corpus), "--output", str(tmp_path / "o"), *args,
-                check=False)
+    p = run_cli(
+        "build", "--input", str(mixed_corpus), "--output", str(tmp_path / "o"), *args, check=False
+    )
     assert p.returncode == 2, p.stderr
     assert words in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "o").exists()
@@ -205,8 +250,25 @@ def test_rebuilding_into_a_finished_output_needs_a_flag(tmp_path, mixed_corpus):
     run_cli("build", "--input", str(mixed_corpus), "--output", str(out), "--progress", "quiet")
     p = run_cli("build", "--input", str(mixed_corpus), "--output", str(out), check=False)
     assert p.returncode == 1 and "--resume" in p.stderr
-    run_cli("build", "--input", str(mixed_corpus), "--output", str(out), "--overwrite",
-            "--progress", "quiet")
-    p = run_cli("build", "--input", str(mixed_corpus), "--output", str(out), "--resume",
-                "--samples-per-shard", "3", check=False)
+    run_cli(
+        "build",
+        "--input",
+        str(mixed_corpus),
+        "--output",
+        str(out),
+        "--overwrite",
+        "--progress",
+        "quiet",
+    )
+    p = run_cli(
+        "build",
+        "--input",
+        str(mixed_corpus),
+        "--output",
+        str(out),
+        "--resume",
+        "--samples-per-shard",
+        "3",
+        check=False,
+    )
     assert p.returncode == 1 and "different" in p.stderr

@@ -9,8 +9,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, run_cli, shard_files, tree_digest
 
+from conftest import read_jsonl, run_cli, shard_files, tree_digest
 from llava_ov15 import pack
 
 
@@ -51,7 +51,9 @@ def test_every_line_is_a_sample_or_a_reject(mixed_corpus, tmp_path):
 def test_sample_json_carries_texts_and_image_metadata(mixed_corpus, tmp_path):
     out = tmp_path / "out"
     build(mixed_corpus, out)
-    source = {json.loads(line)["id"]: json.loads(line) for line in mixed_corpus.read_text().splitlines()}
+    source = {
+        json.loads(line)["id"]: json.loads(line) for line in mixed_corpus.read_text().splitlines()
+    }
     kinds, multi, text_only = set(), 0, 0
     with tarfile.open(shard_files(out)[0]) as tf:
         by_key: dict[str, dict[str, bytes]] = {}
@@ -101,15 +103,19 @@ def test_shard_size_bounds_each_shard(mixed_corpus, tmp_path):
 def test_exact_duplicates_are_rejected_and_point_at_the_first(tmp_path, photo_jpeg):
     (tmp_path / "a.jpg").write_bytes(photo_jpeg)
     shutil.copy(tmp_path / "a.jpg", tmp_path / "b.jpg")
-    lines = [{"id": "first", "image": "a.jpg", "caption": "x"},
-             {"id": "second", "image": "b.jpg", "caption": "y"},
-             {"id": "third", "image": "a.jpg", "caption": "z"}]
+    lines = [
+        {"id": "first", "image": "a.jpg", "caption": "x"},
+        {"id": "second", "image": "b.jpg", "caption": "y"},
+        {"id": "third", "image": "a.jpg", "caption": "z"},
+    ]
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps(x) + "\n" for x in lines))
     build(corpus, tmp_path / "out")
     rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
     assert [(r["id"], r["reason"]) for r in rejects] == [
-        ("second", "duplicate of first"), ("third", "duplicate of first")]
+        ("second", "duplicate of first"),
+        ("third", "duplicate of first"),
+    ]
     manifest = build(corpus, tmp_path / "keep", "--dedup", "off")
     assert manifest["totals"]["samples"] == 3
 
@@ -119,10 +125,12 @@ def test_duplicate_and_missing_ids_get_unique_stable_keys(tmp_path, photo_jpeg):
 
     for i in range(4):
         (tmp_path / f"{i}.jpg").write_bytes(photo_jpeg[:-2] + bytes([i]) + photo_jpeg[-2:])
-    lines = [{"id": "same", "image": "0.jpg", "caption": "a"},
-             {"id": "same", "image": "1.jpg", "caption": "b"},
-             {"image": "2.jpg", "caption": "c"},
-             {"id": "we/ird.id", "image": "3.jpg", "caption": "d"}]
+    lines = [
+        {"id": "same", "image": "0.jpg", "caption": "a"},
+        {"id": "same", "image": "1.jpg", "caption": "b"},
+        {"image": "2.jpg", "caption": "c"},
+        {"id": "we/ird.id", "image": "3.jpg", "caption": "d"},
+    ]
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps(x) + "\n" for x in lines))
     build(corpus, tmp_path / "out", "--phash", "off")
@@ -132,25 +140,36 @@ def test_duplicate_and_missing_ids_get_unique_stable_keys(tmp_path, photo_jpeg):
 
 
 def test_max_pixels_reencodes_only_large_images(tmp_path, photo_rgb):
-    from conftest import jpeg_bytes
     from PIL import Image
+
+    from conftest import jpeg_bytes
 
     big = Image.fromarray(photo_rgb).resize((1200, 800))
     small = Image.fromarray(photo_rgb).resize((300, 200))
     (tmp_path / "big.jpg").write_bytes(jpeg_bytes(big))
     (tmp_path / "small.jpg").write_bytes(jpeg_bytes(small))
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text(json.dumps({"id": "big", "image": "big.jpg", "caption": "b"}) + "\n"
-                      + json.dumps({"id": "small", "image": "small.jpg", "caption": "s"}) + "\n")
+    corpus.write_text(
+        json.dumps({"id": "big", "image": "big.jpg", "caption": "b"})
+        + "\n"
+        + json.dumps({"id": "small", "image": "small.jpg", "caption": "s"})
+        + "\n"
+    )
     out = tmp_path / "out"
     build(corpus, out, "--max-pixels", "250000")
     with tarfile.open(shard_files(out)[0]) as tf:
-        metas = {m.name: json.loads(tf.extractfile(m).read())
-                 for m in tf.getmembers() if m.name.endswith(".json")}
+        metas = {
+            m.name: json.loads(tf.extractfile(m).read())
+            for m in tf.getmembers()
+            if m.name.endswith(".json")
+        }
         big_meta = metas["big.json"]["images"][0]
         assert big_meta["width"] * big_meta["height"] <= 250_000
-        assert big_meta["reencoded"] == {"from_width": 1200, "from_height": 800,
-                                         "from_bytes": (tmp_path / "big.jpg").stat().st_size}
+        assert big_meta["reencoded"] == {
+            "from_width": 1200,
+            "from_height": 800,
+            "from_bytes": (tmp_path / "big.jpg").stat().st_size,
+        }
         im = Image.open(tf.extractfile("big.jpg"))
         assert im.size == (big_meta["width"], big_meta["height"])
         # Aspect ratio kept (within a pixel of rounding).
@@ -162,8 +181,15 @@ def test_max_pixels_reencodes_only_large_images(tmp_path, photo_rgb):
 
 
 def test_python_api_matches_cli(mixed_corpus, tmp_path):
-    run_cli("build", "--input", str(mixed_corpus), "--output", str(tmp_path / "cli"),
-            "--progress", "quiet")
+    run_cli(
+        "build",
+        "--input",
+        str(mixed_corpus),
+        "--output",
+        str(tmp_path / "cli"),
+        "--progress",
+        "quiet",
+    )
     summary = pack.build(mixed_corpus, tmp_path / "api", progress="quiet")
     assert summary["samples"] + summary["rejects"] == summary["records"]
     assert tree_digest(tmp_path / "cli") == tree_digest(tmp_path / "api")
@@ -239,8 +265,9 @@ def test_build_output_reads_in_tar_webdataset_and_energon(mixed_corpus, tmp_path
 
     listed = []
     for shard in shard_files(out):
-        tar_t = subprocess.run(["tar", "-tf", str(shard)], check=True, capture_output=True,
-                               text=True).stdout.split()
+        tar_t = subprocess.run(
+            ["tar", "-tf", str(shard)], check=True, capture_output=True, text=True
+        ).stdout.split()
         listed += tar_t
     assert sorted(listed) == sorted(f"{k}.{s}" for k, ms in expected.items() for s in ms)
 
@@ -259,5 +286,5 @@ def test_build_output_reads_in_tar_webdataset_and_energon(mixed_corpus, tmp_path
         meta = json.loads(text)
         assert meta == json.loads(expected[s.__key__]["json"])
         assert len(images) == len(meta["images"])
-        for tensor, img in zip(images, meta["images"]):
+        for tensor, img in zip(images, meta["images"], strict=False):
             assert tuple(tensor.shape[-2:]) == (img["height"], img["width"])

@@ -55,19 +55,36 @@ def _cases():
         out.append((f"{name}.progressive.jpg", _save(im, "JPEG", quality=80, progressive=True)))
         for i, c in enumerate(_crops(rng, im, 3)):
             ss = rng.choice([0, 1, 2])
-            out.append((f"{name}.crop{i}.{c.size}.jpg", _save(c, "JPEG", quality=rng.randint(40, 95), subsampling=ss)))
+            out.append(
+                (
+                    f"{name}.crop{i}.{c.size}.jpg",
+                    _save(c, "JPEG", quality=rng.randint(40, 95), subsampling=ss),
+                )
+            )
             out.append((f"{name}.crop{i}.{c.size}.png", _save(c, "PNG")))
         if im.mode == "RGB":
             rgba = im.copy()
-            rgba.putalpha(Image.fromarray((np.indices(arr.shape[:2]).sum(0) % 256).astype(np.uint8)))
+            rgba.putalpha(
+                Image.fromarray((np.indices(arr.shape[:2]).sum(0) % 256).astype(np.uint8))
+            )
             out.append((f"{name}.rgba.png", _save(rgba, "PNG")))
             out.append((f"{name}.palette.png", _save(im.quantize(64), "PNG")))
-            out.append((f"{name}.adaptive.gif", _save(im.convert("P", palette=Image.ADAPTIVE), "GIF")))
+            out.append(
+                (f"{name}.adaptive.gif", _save(im.convert("P", palette=Image.ADAPTIVE), "GIF"))
+            )
             out.append((f"{name}.L.png", _save(im.convert("L"), "PNG")))
             out.append((f"{name}.cmyk.jpg", _save(im.convert("CMYK"), "JPEG", quality=90)))
             out.append((f"{name}.bmp", _save(im, "BMP")))
             out.append((f"{name}.lossless.webp", _save(im, "WEBP", lossless=True)))
-        out.append((f"{name}.I16.png", _save(Image.fromarray((arr if arr.ndim == 2 else arr[..., 0]).astype(np.uint16) * 3), "PNG")))
+        out.append(
+            (
+                f"{name}.I16.png",
+                _save(
+                    Image.fromarray((arr if arr.ndim == 2 else arr[..., 0]).astype(np.uint16) * 3),
+                    "PNG",
+                ),
+            )
+        )
     return out
 
 
@@ -88,7 +105,10 @@ def test_probe_matches_pillow(name, data):
     im = Image.open(io.BytesIO(data))
     p = _native.probe_image(data)
     assert (p["width"], p["height"]) == im.size
-    assert p["format"] == {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}[im.format]
+    assert (
+        p["format"]
+        == {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}[im.format]
+    )
     assert p["orientation"] == 1 and p["animated"] is False
 
 

@@ -12,8 +12,8 @@ import tarfile
 import time
 
 import pytest
-from conftest import run_cli, tree_digest
 
+from conftest import run_cli, tree_digest
 from llava_ov15.demo.corpus import CorpusSpec, write_corpus
 
 ARGS = ["--samples-per-shard", "8", "--phash", "exact", "--dhash", "--workers", "1"]

@@ -147,7 +147,7 @@ def test_shard_infos(dataset):
     out, samples, infos = dataset
     names = ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert [i["name"] for i in infos] == names
-    for info, chunk in zip(infos, _expected_by_shard(samples)):
+    for info, chunk in zip(infos, _expected_by_shard(samples), strict=False):
         raw = (out / info["name"]).read_bytes()
         assert info["samples"] == len(chunk)
         assert info["bytes"] == len(raw)
@@ -158,7 +158,7 @@ def test_shard_infos(dataset):
 @pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
 def test_gnu_tar_lists_members(dataset):
     out, samples, infos = dataset
-    for info, chunk in zip(infos, _expected_by_shard(samples)):
+    for info, chunk in zip(infos, _expected_by_shard(samples), strict=False):
         listed = subprocess.run(["tar", "-tf", str(out / info["name"])], check=True,
                                 capture_output=True, text=True).stdout.splitlines()
         assert listed == [f"{key}.{suffix}" for key, members in chunk for suffix, _ in members]
@@ -166,12 +166,12 @@ def test_gnu_tar_lists_members(dataset):
 
 def test_python_tarfile_reads_identical_bytes(dataset):
     out, samples, infos = dataset
-    for info, chunk in zip(infos, _expected_by_shard(samples)):
+    for info, chunk in zip(infos, _expected_by_shard(samples), strict=False):
         with tarfile.open(out / info["name"], "r:") as tf:
             members = tf.getmembers()
             expected = [(f"{key}.{suffix}", data) for key, ms in chunk for suffix, data in ms]
             assert [m.name for m in members] == [name for name, _ in expected]
-            for m, (_, data) in zip(members, expected):
+            for m, (_, data) in zip(members, expected, strict=False):
                 assert m.isreg() and m.mtime == 0 and m.uid == 0 and m.gid == 0
                 assert m.mode == 0o644 and m.uname == "" and m.gname == ""
                 assert tf.extractfile(m).read() == data
@@ -187,7 +187,7 @@ def test_webdataset_yields_identical_samples(dataset):
         parts = {k: v for k, v in sample.items() if not k.startswith("__")}
         got.append((sample["__key__"], parts))
     assert [k for k, _ in got] == [k for k, _ in samples]
-    for (_, parts), (_, members) in zip(got, samples):
+    for (_, parts), (_, members) in zip(got, samples, strict=False):
         assert parts == dict(members)
 
 
@@ -253,7 +253,7 @@ def _check_energon_samples(loaded, samples):
         assert json.loads(text) == json.loads(dict(members)["json"])
         expected_images = [data for suffix, data in members if suffix != "json"]
         assert len(images) == len(expected_images)
-        for tensor, data in zip(images, expected_images):
+        for tensor, data in zip(images, expected_images, strict=False):
             assert isinstance(tensor, torch.Tensor)
             ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255.0
             np.testing.assert_allclose(tensor.permute(1, 2, 0).numpy(), ref, atol=1e-6)

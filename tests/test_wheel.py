@@ -10,17 +10,25 @@ import sys
 import venv
 
 import pytest
+
 from conftest import ROOT
 
 
 @pytest.mark.slow
 def test_wheel_installs_into_clean_venv_and_cli_runs(tmp_path, photo_jpeg):
-    maturin = shutil.which("maturin", path=os.path.dirname(sys.executable)) or shutil.which("maturin")
+    maturin = shutil.which("maturin", path=os.path.dirname(sys.executable)) or shutil.which(
+        "maturin"
+    )
     if maturin is None:
         pytest.fail("maturin is a test dependency (requirements/dev.txt) and must be installed")
     dist = tmp_path / "dist"
-    subprocess.run([maturin, "build", "--release", "--quiet", "--out", str(dist)], cwd=ROOT,
-                   check=True, capture_output=True, timeout=1800)
+    subprocess.run(
+        [maturin, "build", "--release", "--quiet", "--out", str(dist)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=1800,
+    )
     [wheel] = dist.glob("llava_ov15-*.whl")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
@@ -32,11 +40,28 @@ def test_wheel_installs_into_clean_venv_and_cli_runs(tmp_path, photo_jpeg):
     assert "build" in help_text
     (tmp_path / "a.jpg").write_bytes(photo_jpeg)
     (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "image": "a.jpg", "caption": "x"}))
-    subprocess.run([cli, "build", "--input", str(tmp_path / "c.jsonl"), "--output",
-                    str(tmp_path / "out"), "--progress", "quiet"], check=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            cli,
+            "build",
+            "--input",
+            str(tmp_path / "c.jsonl"),
+            "--output",
+            str(tmp_path / "out"),
+            "--progress",
+            "quiet",
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["totals"]["samples"] == 1
     # The installed package is self-contained: it must not import from the source tree.
-    where = subprocess.run([py, "-c", "import llava_ov15; print(llava_ov15.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    where = subprocess.run(
+        [py, "-c", "import llava_ov15; print(llava_ov15.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout
     assert str(env_dir) in where

@@ -14,9 +14,22 @@ import sys
 
 from llava_ov15 import pack
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30, "t": 10**12, "tb": 10**12,
-          "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -44,45 +57,86 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
         "WebDataset tar shards with .tar.idx indexes, megatron-energon metadata, "
         "manifest.json, stats.json and rejects.jsonl.",
     )
-    p.add_argument("--input", required=True,
-                   help="corpus.jsonl, corpus.jsonl.zst, file.parquet or a quoted glob "
-                   "('dir/*.parquet')")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="corpus.jsonl, corpus.jsonl.zst, file.parquet or a quoted glob ('dir/*.parquet')",
+    )
     p.add_argument("--output", required=True, help="output directory (empty or a previous build)")
     p.add_argument("--image-root", help="root for relative image paths (default: JSONL's folder)")
     p.add_argument("--prefix", default="shard", help="shard name prefix (default: shard)")
-    p.add_argument("--shard-size", type=parse_size, default=1 << 30,
-                   help="max bytes per shard, e.g. 1GiB (default), 500MB")
-    p.add_argument("--samples-per-shard", type=parse_count, default=10_000,
-                   help="max samples per shard (default 10000)")
+    p.add_argument(
+        "--shard-size",
+        type=parse_size,
+        default=1 << 30,
+        help="max bytes per shard, e.g. 1GiB (default), 500MB",
+    )
+    p.add_argument(
+        "--samples-per-shard",
+        type=parse_count,
+        default=10_000,
+        help="max samples per shard (default 10000)",
+    )
     p.add_argument("--workers", type=int, default=0, help="worker threads (default: all cores)")
-    p.add_argument("--phash", choices=["fast", "exact", "off"], default="fast",
-                   help="perceptual hash: fast (reduced-scale decode, default), exact "
-                   "(bit-identical to imagehash.phash), off")
+    p.add_argument(
+        "--phash",
+        choices=["fast", "exact", "off"],
+        default="fast",
+        help="perceptual hash: fast (reduced-scale decode, default), exact "
+        "(bit-identical to imagehash.phash), off",
+    )
     p.add_argument("--dhash", action="store_true", help="also compute dhash")
-    p.add_argument("--dedup", choices=["exact", "off"], default="exact",
-                   help="drop samples whose images exactly repeat an earlier one (default)")
-    p.add_argument("--max-pixels", type=parse_count,
-                   help="re-encode images above this many pixels to fit within it")
-    p.add_argument("--max-image-pixels", type=parse_count,
-                   help="reject images above this many pixels before decoding "
-                   "(decompression-bomb guard; default 178956970 as Pillow)")
-    p.add_argument("--max-file-bytes", type=parse_size,
-                   help="reject image files larger than this (default 256MiB)")
+    p.add_argument(
+        "--dedup",
+        choices=["exact", "off"],
+        default="exact",
+        help="drop samples whose images exactly repeat an earlier one (default)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=parse_count,
+        help="re-encode images above this many pixels to fit within it",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=parse_count,
+        help="reject images above this many pixels before decoding "
+        "(decompression-bomb guard; default 178956970 as Pillow)",
+    )
+    p.add_argument(
+        "--max-file-bytes",
+        type=parse_size,
+        help="reject image files larger than this (default 256MiB)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted build")
     g.add_argument("--overwrite", action="store_true", help="replace a previous build")
-    p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto",
-                   help="bar on a terminal, periodic log lines otherwise (auto)")
+    p.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log", "quiet"],
+        default="auto",
+        help="bar on a terminal, periodic log lines otherwise (auto)",
+    )
     p.set_defaults(func=_run_build)
 
 
 def _run_build(args: argparse.Namespace) -> int:
     summary = pack.build(
-        args.input, args.output, image_root=args.image_root, prefix=args.prefix,
-        shard_size=args.shard_size, samples_per_shard=args.samples_per_shard,
-        workers=args.workers, phash=args.phash, dhash=args.dhash, dedup=args.dedup,
-        max_pixels=args.max_pixels, max_image_pixels=args.max_image_pixels,
-        max_file_bytes=args.max_file_bytes, resume=args.resume, overwrite=args.overwrite,
+        args.input,
+        args.output,
+        image_root=args.image_root,
+        prefix=args.prefix,
+        shard_size=args.shard_size,
+        samples_per_shard=args.samples_per_shard,
+        workers=args.workers,
+        phash=args.phash,
+        dhash=args.dhash,
+        dedup=args.dedup,
+        max_pixels=args.max_pixels,
+        max_image_pixels=args.max_image_pixels,
+        max_file_bytes=args.max_file_bytes,
+        resume=args.resume,
+        overwrite=args.overwrite,
         progress=args.progress,
     )
     print_summary(summary)
@@ -97,7 +151,9 @@ def print_summary(s: dict) -> None:
     if st.get("formats"):
         print("formats:  " + ", ".join(f"{k} {v}" for k, v in sorted(st["formats"].items())))
     if st.get("rejects_by_reason"):
-        print("rejects:  " + ", ".join(f"{k} {v}" for k, v in sorted(st["rejects_by_reason"].items())))
+        print(
+            "rejects:  " + ", ".join(f"{k} {v}" for k, v in sorted(st["rejects_by_reason"].items()))
+        )
     rate = (s["records"] - s["resumed_from"]) / max(s["seconds"], 1e-9)
     print(f"time:     {s['seconds']:.2f}s ({rate:.0f} records/s)")
 

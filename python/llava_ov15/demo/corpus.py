@@ -14,18 +14,38 @@ from pathlib import Path
 
 import numpy as np
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
-          "immunohistochemistry", "retina", "camera", "moon", "page")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "camera",
+    "moon",
+    "page",
+)
 
 CAPTIONS = [
-    "A photograph of {w}.", "An image showing {w} in detail.", "A close-up view of {w}.",
-    "{w}, photographed under natural light.", "A picture that contains {w}.",
+    "A photograph of {w}.",
+    "An image showing {w} in detail.",
+    "A close-up view of {w}.",
+    "{w}, photographed under natural light.",
+    "A picture that contains {w}.",
 ]
-WORDS = {"astronaut": "an astronaut in a spacesuit", "chelsea": "a tabby cat",
-         "coffee": "a cup of coffee", "rocket": "a rocket on its launch pad",
-         "hubble_deep_field": "distant galaxies", "immunohistochemistry": "stained tissue",
-         "retina": "a human retina", "camera": "a man with a camera", "moon": "the lunar surface",
-         "page": "a page of printed text"}
+WORDS = {
+    "astronaut": "an astronaut in a spacesuit",
+    "chelsea": "a tabby cat",
+    "coffee": "a cup of coffee",
+    "rocket": "a rocket on its launch pad",
+    "hubble_deep_field": "distant galaxies",
+    "immunohistochemistry": "stained tissue",
+    "retina": "a human retina",
+    "camera": "a man with a camera",
+    "moon": "the lunar surface",
+    "page": "a page of printed text",
+}
 
 
 def load_photos() -> dict[str, np.ndarray]:
@@ -60,7 +80,7 @@ def _crop_resize(rng: random.Random, img: np.ndarray, spec: CorpusSpec):
     ch = rng.randint(max(16, h // 3), h)
     cw = rng.randint(max(16, w // 3), w)
     y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)
-    crop = Image.fromarray(img[y:y + ch, x:x + cw])
+    crop = Image.fromarray(img[y : y + ch, x : x + cw])
     tw, th = rng.randint(spec.min_side, spec.max_side), rng.randint(spec.min_side, spec.max_side)
     return crop.resize((tw, th), Image.Resampling.BICUBIC)
 
@@ -121,9 +141,13 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> Path:
             if paths:
                 rec["image"] = paths[0] if len(paths) == 1 else paths
         else:
-            content = [{"type": "image"} for _ in paths] + [{"type": "text", "text": "What is this?"}]
-            rec["messages"] = [{"role": "user", "content": content},
-                               {"role": "assistant", "content": text}]
+            content = [{"type": "image"} for _ in paths] + [
+                {"type": "text", "text": "What is this?"}
+            ]
+            rec["messages"] = [
+                {"role": "user", "content": content},
+                {"role": "assistant", "content": text},
+            ]
             rec["images"] = paths
         lines.append(json.dumps(rec))
     out = root / "corpus.jsonl"
