@@ -96,7 +96,8 @@ def word_tokenizer(cfg: LlavaOV15Config, words: list[str] = ()):
     vocab = {"[UNK]": 0}
     taken = set(specials.values()) | {0}
     free = (i for i in range(cfg.text.vocab_size) if i not in taken)
-    for w in [*words, *(f"w{i}" for i in range(cfg.text.vocab_size))]:
+    template = ["system", "user", "assistant", "You", "are", "a", "helpful", "."]
+    for w in [*template, *words, *(f"w{i}" for i in range(cfg.text.vocab_size))]:
         if w in vocab:
             continue
         try:
