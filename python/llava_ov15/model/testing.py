@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: tiny models, transformers peers with our weights, toy tokenizer.
+"""Test/benchmark helpers: tiny models, transformers peers with our weights, toy tokenizer.
 
 transformers is imported lazily; nothing here is needed for training or inference.
 """
@@ -86,8 +86,15 @@ def word_tokenizer(cfg: LlavaOV15Config, words: list[str] = ()):
     """A word-level `tokenizers.Tokenizer` covering the whole vocab, specials at cfg's ids."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    from .processor import (ENDOFTEXT, IM_END, IM_START, IMAGE_PAD, VIDEO_PAD, VISION_END,
-                            VISION_START)
+    from .processor import (
+        ENDOFTEXT,
+        IM_END,
+        IM_START,
+        IMAGE_PAD,
+        VIDEO_PAD,
+        VISION_END,
+        VISION_START,
+    )
 
     t = cfg.tokens
     specials = {ENDOFTEXT: t.endoftext, IM_START: t.im_start, IM_END: t.im_end,
