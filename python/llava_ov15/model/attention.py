@@ -47,6 +47,11 @@ class Segments:
     def shape(self) -> tuple[int, int]:
         return tuple(self.seg_ids.shape)
 
+    @property
+    def one_per_row(self) -> bool:
+        """Each row is a single segment: plain (causal) attention needs no explicit mask."""
+        return len(self.cu_seqlens) - 1 == self.seg_ids.shape[0]
+
     @classmethod
     def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> Segments:
         """cu_seqlens over the flattened batch; must end at batch·seqlen and split at row ends."""
@@ -114,7 +119,8 @@ def varlen_attention(
 ) -> torch.Tensor:
     """q: [B, T, Hq, D], k/v: [B, T, Hkv, D] (Hq a multiple of Hkv) -> [B, T, Hq, D].
 
-    `mask` may be passed in precomputed (segments.mask(causal)) so layers share one mask.
+    `mask` may be passed in precomputed (segments.mask(causal)) so layers share one mask;
+    without it, one-segment-per-row batches use SDPA's is_causal path and no mask at all.
     """
     b, t, hq, d = q.shape
     if uses_flash(q):
@@ -126,11 +132,15 @@ def varlen_attention(
             causal=causal,
         )
         return out.view(b, t, hq, d)
+    is_causal = False
     if mask is None:
-        mask = segments.mask(causal)
+        if segments.one_per_row:  # lets SDPA pick its fused causal kernel
+            is_causal = causal
+        else:
+            mask = segments.mask(causal)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-        enable_gqa=k.shape[2] != hq,
+        is_causal=is_causal, enable_gqa=k.shape[2] != hq,
     )
     return out.transpose(1, 2)
 

@@ -167,7 +167,7 @@ class Qwen3Model(nn.Module):
                 raise ValueError("cached decoding needs a decode mask")
             if segments is None:  # one causal sequence per row
                 segments = Segments.per_row(b, t, inputs_embeds.device)
-            if not uses_flash(inputs_embeds):
+            if not uses_flash(inputs_embeds) and not segments.one_per_row:
                 mask = segments.mask(causal=True)
         else:
             segments = None

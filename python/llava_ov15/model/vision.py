@@ -136,7 +136,7 @@ class VisionTower(nn.Module):
         segments = Segments.from_lengths(lengths)
         segments = Segments(segments.seg_ids.to(x.device), segments.cu_seqlens.to(x.device),
                             segments.max_seqlen)
-        mask = None if uses_flash(x) else segments.mask(causal=False)
+        mask = None if uses_flash(x) or segments.one_per_row else segments.mask(causal=False)
         cos, sin = self.rope(grid_thw, x.device)
         for blk in self.blocks:
             if self.gradient_checkpointing and self.training:
