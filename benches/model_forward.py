@@ -105,7 +105,8 @@ def main() -> None:
     if args.variant:
         print(json.dumps(run_one(args)))
         return
-    base = [a for a in sys.argv[1:] if not a.startswith("--rounds")]
+    base = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+            if k not in ("variant", "rounds")]
     results: dict[str, list[dict]] = {}
     for _ in range(args.rounds):  # interleave to be fair on a shared, noisy machine
         for v in ("hf", "ours", "ours-packed"):
