@@ -1,0 +1,101 @@
+"""Command-line inference: `python -m llava_ov15.infer --model DIR --image a.jpg --prompt "..."`.
+
+DIR is an HF-layout directory (config.json, *.safetensors, tokenizer.json), e.g. a download of
+lmms-lab/LLaVA-OneVision-1.5-8B-Instruct or a directory written by `save_pretrained`.
+The answer is streamed to stdout as it is generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+
+class TextStreamer:
+    """Prints the decoded suffix of one row as tokens arrive (holds back split UTF-8)."""
+
+    def __init__(self, decode, out=sys.stdout):
+        self.decode, self.out = decode, out
+        self.ids: list[int] = []
+        self.printed = 0
+
+    def __call__(self, row: int, token: int) -> None:
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):  # incomplete multi-byte character
+            return
+        self.out.write(text[self.printed:])
+        self.out.flush()
+        self.printed = len(text)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m llava_ov15.infer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint directory (HF layout)")
+    p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--system", default=None, help="system prompt (default: Qwen2.5-VL's)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--min-pixels", type=int, default=None)
+    p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+                   help="auto: the checkpoint's dtype")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--no-cache", action="store_true", help="disable the KV cache (debugging)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from PIL import Image
+
+    from .model import LlavaOV15ForConditionalGeneration
+    from .model.generate import GenerationConfig, generate
+    from .model.processor import MAX_PIXELS, MIN_PIXELS, Processor
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    model = LlavaOV15ForConditionalGeneration.from_pretrained(args.model, dtype=dtype,
+                                                               device=device)
+    proc = Processor.from_pretrained(args.model, min_pixels=args.min_pixels or MIN_PIXELS,
+                                     max_pixels=args.max_pixels or MAX_PIXELS)
+    images = [Image.open(f) for f in args.image]
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.prompt}]
+    msgs = [{"role": "user", "content": content}]
+    if args.system is not None:
+        msgs.insert(0, {"role": "system", "content": args.system})
+    enc = proc(msgs, images)
+    pv = enc["pixel_values"]
+    grid = enc["image_grid_thw"]
+    if pv is not None:
+        pv, grid = pv.to(device), grid.to(device)
+    print(f"[loaded in {time.perf_counter() - t0:.1f}s; prompt {len(enc['input_ids'])} tokens]",
+          file=sys.stderr)
+    cfg = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+        temperature=args.temperature or 1.0, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+        stop_strings=args.stop, use_cache=not args.no_cache,
+    )
+    streamer = TextStreamer(proc.decode)
+    t1 = time.perf_counter()
+    out = generate(model, [enc["input_ids"]], pv, grid, cfg, stream=streamer, decode=proc.decode)
+    dt = time.perf_counter() - t1
+    print(flush=True)
+    n = len(out.sequences[0])
+    print(f"[{n} tokens in {dt:.2f}s, {n / max(dt, 1e-9):.1f} tok/s, "
+          f"finish: {out.finish_reasons[0]}]", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
