@@ -63,7 +63,7 @@ fn spawn_bar(c: Arc<Counters>, total: Option<u64>, stop: Arc<AtomicBool>) -> Joi
     std::thread::spawn(move || {
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(4));
         let style = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% ETA {eta} {msg}",
+            "{spinner} [{elapsed_precise}] [{bar:30}] {percent:>3}% ETA {eta} {msg}",
         )
         .expect("valid template");
         bar.set_style(style);
