@@ -1,4 +1,5 @@
-"""The model adapter's contract, with a stand-in `llava_ov15.model` module."""
+"""The model adapter's contract, with a stand-in `llava_ov15.model` module (the real model runs
+end to end in test_eval_model.py)."""
 
 from __future__ import annotations
 
@@ -29,18 +30,19 @@ def test_adapter_calls_model_generate(tmp_path, monkeypatch):
             calls.update(messages=messages, max_new_tokens=max_new_tokens, do_sample=do_sample)
             return "Yes"
 
-    def load_pretrained(path, *, device=None, dtype=None):
-        calls.update(path=path, device=device, dtype=dtype)
+    def load_pipeline(path, *, device=None, dtype=None, min_pixels, max_pixels):
+        calls.update(path=path, device=device, dtype=dtype, pixels=(min_pixels, max_pixels))
         return Fake()
 
     fake = types.ModuleType("llava_ov15.model")
-    fake.load_pretrained = load_pretrained
+    fake.load_pipeline = load_pipeline
     monkeypatch.setitem(sys.modules, "llava_ov15.model", fake)
     pred = load_predictor(str(tmp_path), device="cpu", dtype="float32")
     assert isinstance(pred, Predictor)
     out = pred.predict([Image.new("RGB", (4, 4))], "Q?", max_new_tokens=16)
     assert out == "Yes"
     assert calls["path"] == str(tmp_path) and calls["device"] == "cpu"
+    assert calls["dtype"] == "float32" and calls["pixels"] == (200704, 1605632)
     assert calls["max_new_tokens"] == 16 and calls["do_sample"] is False
     assert calls["messages"][0]["content"][-1] == {"type": "text", "text": "Q?"}
 

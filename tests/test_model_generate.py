@@ -124,3 +124,25 @@ def test_infer_cli_streams_answer(tmp_path, model):
     out = generate(model, [enc["input_ids"]], pv, g, GenerationConfig(max_new_tokens=5),
                    decode=proc.decode)
     assert out.texts[0].split() == words
+
+
+def test_never_generates_vision_placeholders():
+    """A random model may prefer <|image_pad|>; it has no pixels and must not be emitted."""
+    m = tiny_model(seed=3, std=0.15)
+    tok = m.config.tokens
+    old = m.lm_head
+
+    class Biased(torch.nn.Linear):
+        def forward(self, x):
+            out = super().forward(x)
+            out[..., tok.image] += 1e3
+            out[..., tok.video] += 1e3
+            return out
+
+    m.lm_head = Biased(old.in_features, old.out_features, bias=False)
+    m.lm_head.weight = old.weight
+    for use_cache in (True, False):
+        out = generate(m, [[1, 2, 3]], config=GenerationConfig(max_new_tokens=4,
+                                                               use_cache=use_cache, **NO_EOS))
+        assert len(out.sequences[0]) == 4
+        assert not {tok.image, tok.video} & set(out.sequences[0])

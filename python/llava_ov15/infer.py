@@ -11,8 +11,6 @@ import argparse
 import sys
 import time
 
-import torch
-
 
 class TextStreamer:
     """Prints the decoded suffix of one row as tokens arrive (holds back split UTF-8)."""
@@ -56,39 +54,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from PIL import Image
+    from .model.pipeline import load_pipeline
+    from .model.processor import MAX_PIXELS, MIN_PIXELS
 
-    from .model import LlavaOV15ForConditionalGeneration
-    from .model.generate import GenerationConfig, generate
-    from .model.processor import MAX_PIXELS, MIN_PIXELS, Processor
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     t0 = time.perf_counter()
-    model = LlavaOV15ForConditionalGeneration.from_pretrained(args.model, dtype=dtype,
-                                                               device=device)
-    proc = Processor.from_pretrained(args.model, min_pixels=args.min_pixels or MIN_PIXELS,
-                                     max_pixels=args.max_pixels or MAX_PIXELS)
-    images = [Image.open(f) for f in args.image]
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.prompt}]
-    msgs = [{"role": "user", "content": content}]
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
+                         min_pixels=args.min_pixels or MIN_PIXELS,
+                         max_pixels=args.max_pixels or MAX_PIXELS)
+    content = [{"type": "image", "image": f} for f in args.image]
+    msgs = [{"role": "user", "content": [*content, {"type": "text", "text": args.prompt}]}]
     if args.system is not None:
         msgs.insert(0, {"role": "system", "content": args.system})
-    enc = proc(msgs, images)
-    pv = enc["pixel_values"]
-    grid = enc["image_grid_thw"]
-    if pv is not None:
-        pv, grid = pv.to(device), grid.to(device)
+    enc = pipe.encode(msgs)
     print(f"[loaded in {time.perf_counter() - t0:.1f}s; prompt {len(enc['input_ids'])} tokens]",
           file=sys.stderr)
-    cfg = GenerationConfig(
+    cfg = pipe.generation_config(
         max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
         temperature=args.temperature or 1.0, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
         stop_strings=args.stop, use_cache=not args.no_cache,
     )
-    streamer = TextStreamer(proc.decode)
+    streamer = TextStreamer(pipe.processor.decode)
     t1 = time.perf_counter()
-    out = generate(model, [enc["input_ids"]], pv, grid, cfg, stream=streamer, decode=proc.decode)
+    out = pipe.run(enc, cfg, stream=streamer)
     dt = time.perf_counter() - t1
     print(flush=True)
     n = len(out.sequences[0])

@@ -1,17 +1,14 @@
 """Adapter from a checkpoint directory to the :class:`~llava_ov15.eval.predictor.Predictor`
 interface. ``llava_ov15.model`` is imported only here, lazily, when a real model is requested.
 
-Expected from ``llava_ov15.model`` (the model issue):
-
-* ``load_pretrained(path, *, device=None, dtype=None)`` returning an object with
-* ``generate(messages, *, max_new_tokens, do_sample=False) -> str``, where ``messages`` is a
-  Qwen2.5-VL-style chat list: ``[{"role": "user", "content": [{"type": "image", "image": PIL},
-  {"type": "text", "text": str}, ...]}]`` (default system prompt "You are a helpful
-  assistant." supplied by the chat template; eval image pixels min 200,704 / max 1,605,632 as in
-  lmms-eval's llava_onevision1_5), returning only the newly generated text with special tokens
-  skipped.
-
-If the model exposes a different entry point, only this module needs to change.
+It uses ``llava_ov15.model.load_pipeline(path, *, device, dtype, min_pixels, max_pixels)`` (the
+path ``python -m llava_ov15.infer`` uses too), whose result has
+``generate(messages, *, max_new_tokens, do_sample=False) -> str``: ``messages`` is a
+Qwen2.5-VL-style chat list ``[{"role": "user", "content": [{"type": "image", "image": PIL},
+{"type": "text", "text": str}, ...]}]`` (default system prompt "You are a helpful assistant."
+added by the chat template), the answer is only the newly generated text with special tokens
+skipped, stopping at ``<|im_end|>`` / ``<|endoftext|>``. Eval image pixels: min 200,704 / max
+1,605,632, as in lmms-eval's llava_onevision1_5.
 """
 
 from __future__ import annotations
@@ -48,10 +45,16 @@ class ModelPredictor:
         except ImportError as e:
             raise RuntimeError(f"llava_ov15.model is not available ({e})") from e
         self.path = p
-        self.model = mod.load_pretrained(str(p), device=device, dtype=dtype)
+        self.model = mod.load_pipeline(str(p), device=device, dtype=dtype,
+                                       min_pixels=EVAL_MIN_PIXELS, max_pixels=EVAL_MAX_PIXELS)
 
     def info(self) -> dict:
-        return {"class": "ModelPredictor", "path": str(self.path)}
+        out = {"class": "ModelPredictor", "path": str(self.path),
+               "min_pixels": EVAL_MIN_PIXELS, "max_pixels": EVAL_MAX_PIXELS}
+        for k in ("device", "dtype"):  # as loaded
+            if hasattr(self.model, k):
+                out[k] = str(getattr(self.model, k)).removeprefix("torch.")
+        return out
 
     def predict(self, images: Sequence[Image.Image], prompt: str, *, max_new_tokens: int,
                 content: Sequence[str | int] | None = None) -> str:

@@ -1,6 +1,7 @@
 """LLaVA-OneVision-1.5 in plain PyTorch: config, RICE-ViT, merger, Qwen3, checkpoints, generation.
 
-Heavy submodules (processor, generate) import lazily so `import llava_ov15.model` stays cheap.
+Heavy submodules (processor, generate, pipeline) import lazily so `import llava_ov15.model` stays
+cheap; `Pipeline` / `load_pipeline` (checkpoint directory -> answers) resolve on first use.
 """
 
 from .config import PRESETS, LlavaOV15Config, TextConfig, TokenIds, VisionConfig, get_config
@@ -12,8 +13,18 @@ __all__ = [
     "LlavaOV15Config",
     "LlavaOV15ForConditionalGeneration",
     "ModelOutput",
+    "Pipeline",
     "TextConfig",
     "TokenIds",
     "VisionConfig",
     "get_config",
+    "load_pipeline",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("Pipeline", "load_pipeline"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -107,6 +107,7 @@ def generate(
     cache = (KVCache(tc.num_layers, b, t0 + cfg.max_new_tokens, tc.num_kv_heads, tc.head_dim,
                      dtype, dev) if cfg.use_cache else None)
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    vision_pads = torch.tensor([tok.image, tok.video], device=dev)
 
     step_ids, step_pos = ids, positions
     for step in range(cfg.max_new_tokens):
@@ -121,6 +122,8 @@ def generate(
         logits = res.logits[:, -1].float()
         if keep_logits:
             logits_log.append(logits.cpu())
+        # A generated <|image_pad|>/<|video_pad|> has no pixels behind it and cannot be fed back.
+        logits = logits.index_fill(-1, vision_pads, float("-inf"))
         nxt = sample_next(logits, cfg, gen)
         nxt = torch.where(done, torch.full_like(nxt, tok.endoftext), nxt)
         for i, token in enumerate(nxt.tolist()):

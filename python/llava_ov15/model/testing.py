@@ -117,3 +117,16 @@ def word_tokenizer(cfg: LlavaOV15Config, words: list[str] = ()):
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     return tok
+
+
+def save_tiny_checkpoint(path, seed: int = 3, std: float = 0.15, words: list[str] = (),
+                         **kw):
+    """A tiny random model saved as an HF-layout directory (config.json, model.safetensors,
+    word-level tokenizer.json) that `load_pipeline` / `--model DIR` accept. Returns the path."""
+    from pathlib import Path
+
+    path = Path(path)
+    model = tiny_model(seed=seed, std=std, **kw)
+    model.save_pretrained(path)
+    word_tokenizer(model.config, list(words)).save(str(path / "tokenizer.json"))
+    return path
