@@ -1,0 +1,177 @@
+"""Training checkpoints with megatron dist_checkpointing, SIGTERM handling, exact resume.
+
+Layout of ``<checkpoint.dir>``::
+
+    latest                      # text: name of the newest complete checkpoint
+    iter_0000020/               # dist_checkpointing directory (any TP/PP/DP can load it)
+        ...                     # model + optimizer (sharded), scheduler, step, config (common)
+        extra/rank_00000.pt     # per rank: RNG states, data-loader state, parallel layout
+
+Model and optimizer tensors are resharded on load (the distributed optimizer is saved
+``fully_reshardable`` or ``dp_reshardable`` — the two that work on CPU). RNG states are restored
+only when the layout is unchanged (they belong to ranks). The data state of data-parallel rank r
+is restored on r; with a different DP size the synthetic source converts its global count, and a
+real loader must accept rank 0's state or refuse.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core import parallel_state as ps
+from megatron.core import tensor_parallel
+
+LATEST = "latest"
+
+
+def _layout() -> dict[str, int]:
+    return {"tp": ps.get_tensor_model_parallel_world_size(),
+            "pp": ps.get_pipeline_model_parallel_world_size(),
+            "dp": ps.get_data_parallel_world_size(), "world": dist.get_world_size()}
+
+
+def _rng_state() -> dict[str, Any]:
+    out = {"python": random.getstate(), "numpy": np.random.get_state(),
+           "torch": torch.get_rng_state(),
+           "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if torch.cuda.is_available() and "cuda" in s:
+        torch.cuda.set_rng_state(s["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(s["tracker"])
+
+
+def _sharded(model, optimizer, sharding_type: str, is_loading: bool) -> dict[str, Any]:
+    sd: dict[str, Any] = {}
+    sd["model"] = model[0].sharded_state_dict() if len(model) == 1 else {
+        f"model{i}": m.sharded_state_dict() for i, m in enumerate(model)}
+    if optimizer is not None:
+        model_sd = sd["model"] if len(model) == 1 else {
+            k: v for d in sd["model"].values() for k, v in d.items()}
+        sd["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading,
+            metadata={"distrib_optim_sharding_type": sharding_type})
+    return sd
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    d = Path(directory)
+    f = d / LATEST
+    if f.exists():
+        p = d / f.read_text().strip()
+        if p.exists():
+            return p
+    return None
+
+
+def save(directory: str | Path, step: int, model, optimizer, scheduler, data, cfg_dict,
+         sharding_type: str = "fully_reshardable") -> Path:
+    d = Path(directory)
+    path = d / f"iter_{step:07d}"
+    if dist.get_rank() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    sd = _sharded(model, optimizer, sharding_type, is_loading=False)
+    sd["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+    sd["step"] = step
+    sd["config"] = cfg_dict
+    dist_checkpointing.save(sd, str(path))
+    extra = path / "extra"
+    extra.mkdir(exist_ok=True)
+    torch.save({"layout": _layout(), "dp_rank": ps.get_data_parallel_rank(),
+                "rng": _rng_state(), "data": data.state_dict() if data is not None else None},
+               extra / f"rank_{dist.get_rank():05d}.pt")
+    dist.barrier()
+    if dist.get_rank() == 0:
+        tmp = d / (LATEST + ".tmp")
+        tmp.write_text(path.name + "\n")
+        os.replace(tmp, d / LATEST)
+    dist.barrier()
+    return path
+
+
+def load(path: str | Path, model, optimizer=None, scheduler=None, data=None,
+         sharding_type: str = "fully_reshardable") -> int:
+    """Restore everything saved by `save`; returns the step to continue from."""
+    path = Path(path)
+    sd = _sharded(model, optimizer, sharding_type, is_loading=True)
+    sd["scheduler"] = None
+    sd["step"] = None
+    loaded = dist_checkpointing.load(sd, str(path))
+    if len(model) == 1:
+        model[0].load_state_dict(loaded["model"])
+    else:
+        for i, m in enumerate(model):
+            m.load_state_dict(loaded["model"][f"model{i}"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if scheduler is not None and loaded.get("scheduler") is not None:
+        scheduler.load_state_dict(loaded["scheduler"])
+    mine = path / "extra" / f"rank_{dist.get_rank():05d}.pt"
+    layout = _layout()
+    extra = torch.load(mine, weights_only=False) if mine.exists() else None
+    same = extra is not None and extra["layout"] == layout
+    if same:
+        _set_rng_state(extra["rng"])
+    if data is not None:
+        if not same:  # another layout: data-parallel rank r's state, or rank 0's
+            cands = sorted((path / "extra").glob("rank_*.pt"))
+            states = [torch.load(c, weights_only=False) for c in cands]
+            by_dp = {s["dp_rank"]: s for s in states}
+            extra = by_dp.get(ps.get_data_parallel_rank(), by_dp.get(0))
+        if extra is not None and extra["data"] is not None:
+            data.load_state_dict(extra["data"])
+    return int(loaded["step"])
+
+
+def load_model_only(path: str | Path, model) -> None:
+    """Weights from a checkpoint written by `save` or by `llava_ov15.convert` (any layout)."""
+    sd = _sharded(model, None, "fully_reshardable", is_loading=True)
+    loaded = dist_checkpointing.load(sd, str(path))
+    if len(model) == 1:
+        model[0].load_state_dict(loaded["model"])
+    else:
+        for i, m in enumerate(model):
+            m.load_state_dict(loaded["model"][f"model{i}"])
+
+
+class StopFlag:
+    """SIGTERM/SIGINT -> finish the current step, checkpoint, exit cleanly."""
+
+    def __init__(self, signals=(signal.SIGTERM,)):
+        self.requested = False
+        self.signum: int | None = None
+        self._old = {}
+        for s in signals:
+            self._old[s] = signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame):
+        self.requested, self.signum = True, signum
+
+    def synced(self) -> bool:
+        """True on every rank if any rank got the signal (so all save together)."""
+        from .cpu_compat import device
+
+        t = torch.tensor([1.0 if self.requested else 0.0], device=device())
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
