@@ -16,6 +16,8 @@ real loader must accept rank 0's state or refuse.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import signal
@@ -56,7 +58,15 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(s["tracker"])
 
 
+def unwrap(m: torch.nn.Module) -> torch.nn.Module:
+    """The bare `LlavaMegatron` under DDP / Float16Module (checkpoint keys are the same)."""
+    while hasattr(m, "module") and not hasattr(m, "language"):
+        m = m.module
+    return m
+
+
 def _sharded(model, optimizer, sharding_type: str, is_loading: bool) -> dict[str, Any]:
+    model = [unwrap(m) for m in model]
     sd: dict[str, Any] = {}
     sd["model"] = model[0].sharded_state_dict() if len(model) == 1 else {
         f"model{i}": m.sharded_state_dict() for i, m in enumerate(model)}
@@ -69,6 +79,56 @@ def _sharded(model, optimizer, sharding_type: str, is_loading: bool) -> dict[str
     return sd
 
 
+def init_optimizer_state(optimizer) -> None:
+    """Give every parameter an (empty) Adam state so the optimizer's sharded_state_dict can be
+    built for loading: megatron's torch-Adam path (no Apex/TE) expects a `step` per param."""
+    for o in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(o, "optimizer", None)
+        if inner is None:
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                st = inner.state[p]
+                if not st:
+                    st["exp_avg"] = torch.zeros_like(p.data)
+                    st["exp_avg_sq"] = torch.zeros_like(p.data)
+                    st["step"] = torch.tensor(0.0)
+
+
+@contextlib.contextmanager
+def _step_tolerant_param_state_load():
+    """megatron-core 0.16.1 + torch Adam (no Apex/TE): `load_state_dict` first puts `step` into
+    every param's Adam state, then the fully_reshardable loader copies every key of that state
+    from the checkpoint tensors, which have no `step` (KeyError). Supply the already-restored
+    `step` for that copy (a no-op copy onto itself)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    orig = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def patched(self, model_param, tensors):
+        gi, go = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state.get(self.optimizer.param_groups[gi]["params"][go], {})
+        if "step" in state and "step" not in tensors:
+            tensors = {**tensors, "step": state["step"]}
+        return orig(self, model_param, tensors)
+
+    DistributedOptimizer._set_main_param_and_optimizer_states = patched
+    try:
+        yield
+    finally:
+        DistributedOptimizer._set_main_param_and_optimizer_states = orig
+
+
+def _unshare_adam_steps(optimizer) -> None:
+    """The same loader gives every parameter the *same* `step` tensor; torch Adam increments it
+    in place once per parameter, which would corrupt bias correction after a resume."""
+    for o in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(o, "optimizer", None)
+        for st in (inner.state.values() if inner is not None else ()):
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].detach().clone()
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     d = Path(directory)
     f = d / LATEST
@@ -79,8 +139,11 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return None
 
 
+CONFIG_NAME = "llava_config.json"  # the model's HF-layout config.json, for conversion back
+
+
 def save(directory: str | Path, step: int, model, optimizer, scheduler, data, cfg_dict,
-         sharding_type: str = "fully_reshardable") -> Path:
+         sharding_type: str = "fully_reshardable", hf_config: dict | None = None) -> Path:
     d = Path(directory)
     path = d / f"iter_{step:07d}"
     if dist.get_rank() == 0:
@@ -96,6 +159,8 @@ def save(directory: str | Path, step: int, model, optimizer, scheduler, data, cf
     torch.save({"layout": _layout(), "dp_rank": ps.get_data_parallel_rank(),
                 "rng": _rng_state(), "data": data.state_dict() if data is not None else None},
                extra / f"rank_{dist.get_rank():05d}.pt")
+    if dist.get_rank() == 0 and hf_config is not None:
+        (path / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n")
     dist.barrier()
     if dist.get_rank() == 0:
         tmp = d / (LATEST + ".tmp")
@@ -109,17 +174,17 @@ def load(path: str | Path, model, optimizer=None, scheduler=None, data=None,
          sharding_type: str = "fully_reshardable") -> int:
     """Restore everything saved by `save`; returns the step to continue from."""
     path = Path(path)
+    if optimizer is not None:
+        init_optimizer_state(optimizer)
     sd = _sharded(model, optimizer, sharding_type, is_loading=True)
     sd["scheduler"] = None
     sd["step"] = None
     loaded = dist_checkpointing.load(sd, str(path))
-    if len(model) == 1:
-        model[0].load_state_dict(loaded["model"])
-    else:
-        for i, m in enumerate(model):
-            m.load_state_dict(loaded["model"][f"model{i}"])
+    _load_model(model, loaded["model"])
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        with _step_tolerant_param_state_load():
+            optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_adam_steps(optimizer)
     if scheduler is not None and loaded.get("scheduler") is not None:
         scheduler.load_state_dict(loaded["scheduler"])
     mine = path / "extra" / f"rank_{dist.get_rank():05d}.pt"
@@ -140,14 +205,23 @@ def load(path: str | Path, model, optimizer=None, scheduler=None, data=None,
 
 
 def load_model_only(path: str | Path, model) -> None:
-    """Weights from a checkpoint written by `save` or by `llava_ov15.convert` (any layout)."""
+    """Weights from a checkpoint written by `save` or by `llava_ov15.convert` (any layout).
+
+    `path` may also be a checkpoint directory holding `latest` (its newest checkpoint is used).
+    """
+    path = latest_checkpoint(path) or path
     sd = _sharded(model, None, "fully_reshardable", is_loading=True)
     loaded = dist_checkpointing.load(sd, str(path))
+    _load_model(model, loaded["model"])
+
+
+def _load_model(model, state) -> None:
+    model = [unwrap(m) for m in model]
     if len(model) == 1:
-        model[0].load_state_dict(loaded["model"])
+        model[0].load_state_dict(state)
     else:
         for i, m in enumerate(model):
-            m.load_state_dict(loaded["model"][f"model{i}"])
+            m.load_state_dict(state[f"model{i}"])
 
 
 class StopFlag:

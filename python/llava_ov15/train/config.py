@@ -40,6 +40,7 @@ class DataSection:
     path: str | None = None  # packed shard directory (kind=packed)
     tokenizer: str = "word"  # "word" (test tokenizer), "qwen" (built offline) or a tokenizer.json
     seq_len: int = 256  # pack capacity = row length
+    packed: bool = True  # False: one sample per row (stage 2 "not packed"), padded to seq_len
     micro_batch_size: int = 1  # packs (rows) per micro-batch
     num_workers: int = 0
     seed: int = 0

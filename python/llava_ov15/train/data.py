@@ -110,8 +110,10 @@ class SyntheticPackedSource:
                  dp_rank: int = 0, dp_size: int = 1, seed: int = 0,
                  image_sizes: Sequence[int] = (28, 84), caption_words: Sequence[int] = (3, 12),
                  num_classes: int = 8, images_per_sample: int = 1, min_pixels: int = 784,
-                 max_pixels: int = 2_560_000, num_packs: int | None = None):
+                 max_pixels: int = 2_560_000, num_packs: int | None = None,
+                 packed: bool = True):
         self.mc, self.tok = mc, tokenizer
+        self.packed = packed
         self.num_packs = num_packs
         self.seq_len, self.mbs = seq_len, micro_batch_size
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
@@ -169,6 +171,8 @@ class SyntheticPackedSource:
             lens.append(len(s_ids))
             pvs.append(pv)
             grids.append(grid)
+            if not self.packed:
+                break
         i, lab, pos, lens = pad_row(torch.tensor(ids), torch.tensor(labels), lens, self.seq_len,
                                     self._pad)
         return {"input_ids": i, "labels": lab, "position_ids": pos, "seq_lens": lens,
@@ -266,7 +270,7 @@ def build_source(cfg, mc: LlavaOV15Config, dp_rank: int, dp_size: int) -> BatchS
         return SyntheticPackedSource(
             mc, tok, d.seq_len, d.micro_batch_size, dp_rank, dp_size, d.seed, d.image_sizes,
             d.caption_words, d.num_classes, d.images_per_sample, d.min_pixels, d.max_pixels,
-            d.num_packs)
+            d.num_packs, d.packed)
     tok_json = d.tokenizer
     if tok_json == "qwen":
         from llava_ov15.data.tokenizer import qwen_tokenizer_json

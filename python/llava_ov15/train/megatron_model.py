@@ -189,6 +189,9 @@ class LlavaMegatron(MegatronModule):
         if not self.post_process:
             return h
         logits, _ = lang.output_layer(h)  # [S, B, V/tp]
+        if labels is None:  # inference / tests: full-vocab logits [B, S, V]
+            full = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+            return full.transpose(0, 1)
         tgt = shifted_targets(labels, seg)
         valid = tgt != IGNORE_INDEX
         loss = tensor_parallel.vocab_parallel_cross_entropy(

@@ -42,26 +42,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_runtime(cfg: TrainConfig) -> Runtime:
-    """Process group (gloo on CPU, nccl on GPU), model-parallel groups, seeds."""
+def init_process_group() -> None:
+    """gloo on CPU (with cpu_compat installed), nccl on GPU; works without torchrun too."""
+    on_cpu = cpu_compat.install()
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    if not on_cpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("gloo" if on_cpu else "nccl")
+
+
+def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
-    on_cpu = cpu_compat.install()
-    if not dist.is_initialized():
-        if "RANK" not in os.environ:  # plain `python -m llava_ov15.train`
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-        if not on_cpu:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("gloo" if on_cpu else "nccl")
-    validate(cfg, dist.get_world_size())
+    init_process_group()
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
-    ps.initialize_model_parallel(tensor_model_parallel_size=cfg.parallel.tp,
-                                 pipeline_model_parallel_size=cfg.parallel.pp)
-    torch.manual_seed(cfg.train.seed)
-    tensor_parallel.model_parallel_cuda_manual_seed(cfg.train.seed)
+    ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def init_runtime(cfg: TrainConfig) -> Runtime:
+    """Process group, model-parallel groups, seeds; validates the layout against the world."""
+    from megatron.core import parallel_state as ps
+
+    init_process_group()
+    validate(cfg, dist.get_world_size())
+    init_parallel(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
     return Runtime(cpu_compat.device(), dist.get_rank(), dist.get_world_size(),
                    ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
                    ps.get_data_parallel_rank(), ps.get_data_parallel_world_size(),
@@ -284,7 +296,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 stopping and cfg.checkpoint.save_on_exit)
             if cfg.checkpoint.dir and due:
                 ckpt.save(cfg.checkpoint.dir, step, model, opt, sched, data, cfg.to_dict(),
-                          cfg.checkpoint.sharding_type)
+                          cfg.checkpoint.sharding_type, mc.to_hf_dict())
             if stopping:
                 if rt.rank == 0:
                     print(f"[train] stopped by signal after step {step}"
