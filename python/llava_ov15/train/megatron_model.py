@@ -135,20 +135,6 @@ class LlavaMegatron(MegatronModule):
     def set_input_tensor(self, input_tensor) -> None:
         self.language.set_input_tensor(input_tensor)
 
-    def init_vision(self, std: float, seed: int) -> None:
-        """Random init of the vision tower (same on every rank: norms 1, biases 0)."""
-        if self.vision is None:
-            return
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, p in self.vision.named_parameters():
-                if name.endswith("bias"):
-                    p.zero_()
-                elif p.ndim == 1 and ("norm" in name or "ln_q" in name):
-                    p.fill_(1.0)
-                else:
-                    p.copy_(torch.randn(p.shape, generator=g) * std)
-
     def forward(self, input_ids, position_ids, cu_seqlens, labels=None, pixel_values=None,
                 image_grid_thw=None):
         b, s = input_ids.shape

@@ -86,28 +86,64 @@ def trainable_prefixes(cfg: TrainConfig) -> list[str] | None:
         STAGE_TRAINABLE[cfg.train.stage]
 
 
-def load_full_state(model: torch.nn.Module, full: dict[str, torch.Tensor], config) -> None:
-    """Copy TP=1/PP=1 (`hf_to_megatron`) tensors into this rank's shard of the model."""
+def _shard_for_rank(key: str, t: torch.Tensor, p: torch.nn.Parameter) -> torch.Tensor:
+    """This TP rank's slice of a full (TP=1) tensor for parameter `p`."""
     from megatron.core import parallel_state as ps
-    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
     tp, r = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    if not getattr(p, "tensor_model_parallel", False) or tp == 1:
+        return t
+    dim = p.partition_dim
+    if key.endswith("mlp.linear_fc1.weight"):  # [gate; up], each split over TP
+        return torch.cat([c.chunk(tp, dim)[r] for c in t.chunk(2, 0)], 0)
+    return t.chunk(tp, dim)[r]
+
+
+def _full_shape(key: str, p: torch.nn.Parameter) -> list[int]:
+    from megatron.core import parallel_state as ps
+
+    shape = list(p.shape)
+    if getattr(p, "tensor_model_parallel", False):
+        shape[p.partition_dim] *= ps.get_tensor_model_parallel_world_size()
+    return shape
+
+
+def _global_names(model: torch.nn.Module, config):
+    """(global TP=1/PP=1 key, parameter) for this rank's parameters."""
+    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
     offset = get_transformer_layer_offset(config)
     marker = "language.decoder.layers."
     for name, p in model.named_parameters():
-        key = name
-        if key.startswith(marker):
-            i, rest = key[len(marker):].split(".", 1)
-            key = f"{marker}{int(i) + offset}.{rest}"
-        t = full[key]
-        if getattr(p, "tensor_model_parallel", False) and tp > 1:
-            dim = p.partition_dim
-            if key.endswith("mlp.linear_fc1.weight"):  # [gate; up], each split over TP
-                t = torch.cat([c.chunk(tp, dim)[r] for c in t.chunk(2, 0)], 0)
+        if name.startswith(marker):
+            i, rest = name[len(marker):].split(".", 1)
+            name = f"{marker}{int(i) + offset}.{rest}"
+        yield name, p
+
+
+def load_full_state(model: torch.nn.Module, full: dict[str, torch.Tensor], config) -> None:
+    """Copy TP=1/PP=1 (`hf_to_megatron`) tensors into this rank's shard of the model."""
+    with torch.no_grad():
+        for key, p in _global_names(model, config):
+            p.copy_(_shard_for_rank(key, full[key], p).to(p.dtype))
+
+
+def init_weights(model: torch.nn.Module, config, std: float, seed: int) -> None:
+    """Layout-independent random init: every full tensor comes from a generator seeded by
+    (seed, its global name), then is sliced for this rank, so TP/PP/DP runs start identical.
+    Norm weights 1, biases 0, everything else N(0, std)."""
+    import zlib
+
+    with torch.no_grad():
+        for key, p in _global_names(model, config):
+            if key.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 1 and ("norm" in key or "ln_q" in key):
+                p.fill_(1.0)
             else:
-                t = t.chunk(tp, dim)[r]
-        with torch.no_grad():
-            p.copy_(t.to(p.dtype))
+                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+                full = torch.randn(_full_shape(key, p), generator=g) * std
+                p.copy_(_shard_for_rank(key, full, p).to(p.dtype))
 
 
 def build_model(cfg: TrainConfig, rt: Runtime):
@@ -123,7 +159,7 @@ def build_model(cfg: TrainConfig, rt: Runtime):
                                  recompute=cfg.train.recompute, init_std=cfg.model.init_std,
                                  token_mean_loss=cfg.train.loss == "token_mean")
     raw = mm.build_model(mc, tcfg, te)
-    raw.init_vision(cfg.model.init_std, cfg.train.seed)
+    init_weights(raw, tcfg, cfg.model.init_std, cfg.train.seed)
     if raw.vision is not None and cfg.train.recompute:
         raw.vision.gradient_checkpointing = True
     if cfg.model.hf_checkpoint:
