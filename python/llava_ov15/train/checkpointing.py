@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing
+from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core import parallel_state as ps
-from megatron.core import tensor_parallel
 
 LATEST = "latest"
 

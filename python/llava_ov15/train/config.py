@@ -1,4 +1,4 @@
-"""Typed trainer configuration: dataclasses loaded from YAML, `--set key=value` overrides, validation.
+"""Typed trainer config: dataclasses loaded from YAML, `--set key=value` overrides, validation.
 
 Everything is checked before any work starts: unknown keys (named with their full dotted path),
 wrong types, and impossible parallel layouts (e.g. `parallel.tp` not dividing the attention heads).
@@ -30,6 +30,8 @@ class ModelSection:
     preset: str = "tiny"  # llava_ov15.model.config.PRESETS
     text: dict[str, Any] = field(default_factory=dict)  # TextConfig field overrides
     vision: dict[str, Any] = field(default_factory=dict)  # VisionConfig field overrides
+    tokens: dict[str, Any] = field(default_factory=dict)  # TokenIds overrides ("published" =
+    # the real Qwen ids, e.g. for a tiny model trained on llava-pack shards)
     hf_checkpoint: str | None = None  # initialise from an HF directory (else random init)
     init_std: float = 0.02
 
@@ -129,7 +131,12 @@ class TrainConfig:
         text = dataclasses.replace(mc.text, **self.model.text)
         vision = dataclasses.replace(mc.vision, **self.model.vision)
         vision = dataclasses.replace(vision, out_hidden_size=text.hidden_size)
-        return dataclasses.replace(mc, text=text, vision=vision)
+        from llava_ov15.model.config import TokenIds
+
+        tok = dict(self.model.tokens)
+        base = TokenIds() if tok.pop("published", False) else mc.tokens
+        tokens = dataclasses.replace(base, **tok)
+        return dataclasses.replace(mc, text=text, vision=vision, tokens=tokens)
 
 
 # ---- loading ------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def install() -> bool:
     torch.cuda.synchronize = lambda device=None: None
     torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()
     torch.cuda.set_rng_state = lambda state, device="cuda": torch.set_rng_state(state)
-    # The tracker seeds "the CUDA generator" between saving and restoring its state: use the CPU one.
+    # The tracker seeds "the CUDA generator" between saving and restoring its state: use CPU.
     torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
     mode = _CudaToCpu()
     mode.__enter__()  # stays on for the life of the process (this thread)
