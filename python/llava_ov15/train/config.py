@@ -1,0 +1,295 @@
+"""Typed trainer config: dataclasses loaded from YAML, `--set key=value` overrides, validation.
+
+Everything is checked before any work starts: unknown keys (named with their full dotted path),
+wrong types, and impossible parallel layouts (e.g. `parallel.tp` not dividing the attention heads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the offending key."""
+
+
+STAGES = ("1", "1.5", "2")
+# Parameters that train in each stage (name prefixes in the megatron model; None = all).
+STAGE_TRAINABLE: dict[str, list[str] | None] = {"1": ["vision.merger."], "1.5": None, "2": None}
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"  # llava_ov15.model.config.PRESETS
+    text: dict[str, Any] = field(default_factory=dict)  # TextConfig field overrides
+    vision: dict[str, Any] = field(default_factory=dict)  # VisionConfig field overrides
+    tokens: dict[str, Any] = field(default_factory=dict)  # TokenIds overrides ("published" =
+    # the real Qwen ids, e.g. for a tiny model trained on llava-pack shards)
+    hf_checkpoint: str | None = None  # initialise from an HF directory (else random init)
+    init_std: float = 0.02
+
+
+@dataclass
+class DataSection:
+    kind: str = "synthetic"  # "synthetic" | "packed" (llava-pack shards via llava_ov15.data)
+    path: str | None = None  # packed shard directory (kind=packed)
+    tokenizer: str = "word"  # "word" (test tokenizer), "qwen" (built offline) or a tokenizer.json
+    seq_len: int = 256  # pack capacity = row length
+    packed: bool = True  # False: one sample per row (stage 2 "not packed"), padded to seq_len
+    micro_batch_size: int = 1  # packs (rows) per micro-batch
+    num_workers: int = 0
+    seed: int = 0
+    # synthetic dataset
+    image_sizes: list[int] = field(default_factory=lambda: [28, 84])  # min/max side in pixels
+    caption_words: list[int] = field(default_factory=lambda: [3, 12])
+    num_classes: int = 8
+    num_packs: int | None = None  # synthetic dataset size (packs cycle); None = endless
+    images_per_sample: int = 1
+    min_pixels: int = 784
+    max_pixels: int = 2_560_000
+
+
+@dataclass
+class TrainSection:
+    stage: str = "1"  # "1" alignment (adapter only), "1.5" mid-training, "2" instruct
+    steps: int = 10
+    global_batch_size: int = 1  # packs per optimizer step
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    warmup_fraction: float = 0.002
+    warmup_steps: int | None = None  # overrides warmup_fraction
+    lr_decay_style: str = "cosine"
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-5
+    clip_grad: float = 1.0
+    seed: int = 1234
+    loss: str = "pack_mean"  # "pack_mean" (reference) | "token_mean" (global token mean)
+    bf16: bool = False
+    recompute: bool = False  # full activation recompute (LLM layers and vision blocks)
+    trainable: list[str] | None = None  # parameter-name prefixes; None = the stage's default
+    exit_after_steps: int | None = None  # debug: deliver SIGTERM to ourselves after this step
+
+
+@dataclass
+class ParallelSection:
+    tp: int = 1
+    pp: int = 1
+    dp: int | None = None  # None = world_size / (tp·pp)
+    distributed_optimizer: bool = True
+    overlap_grad_reduce: bool = False
+    attention: str = "auto"  # "auto" (TE thd on CUDA when installed, else mask) | "te" | "mask"
+
+
+@dataclass
+class CheckpointSection:
+    dir: str | None = None
+    save_interval: int = 0  # steps; 0 = only at the end / on SIGTERM
+    save_on_exit: bool = True
+    resume: bool = False  # continue from the latest checkpoint in `dir`
+    load: str | None = None  # initialise model weights from a megatron checkpoint (convert output)
+    sharding_type: str = "fully_reshardable"  # distributed optimizer layout on disk
+
+
+@dataclass
+class LogSection:
+    dir: str | None = None  # metrics.jsonl and TensorBoard events
+    interval: int = 1
+    tensorboard: bool = True
+    progress: str = "auto"  # "auto" | "bar" | "log" | "quiet"
+    peak_tflops: float | None = None  # per device, for MFU; None = guess from the device
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ---- model ---------------------------------------------------------------------------
+    def model_config(self):
+        from llava_ov15.model.config import LlavaOV15Config, get_config
+
+        if self.model.hf_checkpoint:
+            mc = LlavaOV15Config.from_pretrained(self.model.hf_checkpoint)
+        else:
+            mc = get_config(self.model.preset)
+        text = dataclasses.replace(mc.text, **self.model.text)
+        vision = dataclasses.replace(mc.vision, **self.model.vision)
+        vision = dataclasses.replace(vision, out_hidden_size=text.hidden_size)
+        from llava_ov15.model.config import TokenIds
+
+        tok = dict(self.model.tokens)
+        base = TokenIds() if tok.pop("published", False) else mc.tokens
+        tokens = dataclasses.replace(base, **tok)
+        return dataclasses.replace(mc, text=text, vision=vision, tokens=tokens)
+
+
+# ---- loading ------------------------------------------------------------------------------
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. `stage: 1.5`
+    if tp in (int, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s}"
+                          + (f" (and {unknown[1:]})" if unknown[1:] else "")
+                          + f"; valid keys under {prefix or 'the top level'}: {sorted(names)}")
+    kw = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kw[name] = _build(tp, value or {}, f"{prefix}{name}.")
+        else:
+            kw[name] = _check_type(value, tp, f"{prefix}{name}")
+    return cls(**kw)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        d = data
+        for p in path[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ConfigError(f"--set {item}: {p} is not a section")
+        d[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                world_size: int | None = None) -> TrainConfig:
+    data = yaml.safe_load(Path(path).read_text()) if path else {}
+    data = apply_overrides(data or {}, list(overrides))
+    cfg = _build(TrainConfig, data, "")
+    validate(cfg, world_size)
+    return cfg
+
+
+# ---- validation ---------------------------------------------------------------------------
+def _need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
+    t, p, d = cfg.train, cfg.parallel, cfg.data
+    _need(t.stage in STAGES, "train.stage", f"must be one of {STAGES}, got {t.stage!r}")
+    _need(t.loss in ("pack_mean", "token_mean"), "train.loss",
+          f"must be pack_mean or token_mean, got {t.loss!r}")
+    _need(t.lr_decay_style in ("cosine", "linear", "constant"), "train.lr_decay_style",
+          f"unsupported {t.lr_decay_style!r}")
+    _need(d.kind in ("synthetic", "packed"), "data.kind", f"must be synthetic or packed, got "
+          f"{d.kind!r}")
+    _need(d.kind != "packed" or bool(d.path), "data.path", "required for data.kind=packed")
+    _need(cfg.log.progress in ("auto", "bar", "log", "quiet"), "log.progress",
+          f"invalid {cfg.log.progress!r}")
+    _need(p.attention in ("auto", "te", "mask"), "parallel.attention", f"invalid {p.attention!r}")
+    _need(cfg.checkpoint.sharding_type in ("fully_reshardable", "dp_reshardable"),
+          "checkpoint.sharding_type", "must be fully_reshardable or dp_reshardable")
+    for key, v in (("train.steps", t.steps), ("train.global_batch_size", t.global_batch_size),
+                   ("data.seq_len", d.seq_len), ("data.micro_batch_size", d.micro_batch_size),
+                   ("parallel.tp", p.tp), ("parallel.pp", p.pp)):
+        _need(v >= 1, key, f"must be >= 1, got {v}")
+    _need(t.lr > 0 and 0 <= t.min_lr <= t.lr, "train.min_lr", "need 0 <= min_lr <= lr")
+    _need(0 <= t.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
+    _need(len(d.image_sizes) == 2 and 28 <= d.image_sizes[0] <= d.image_sizes[1],
+          "data.image_sizes", "expects [min_side, max_side] with min_side >= 28")
+    _need(len(d.caption_words) == 2 and 1 <= d.caption_words[0] <= d.caption_words[1],
+          "data.caption_words", "expects [min, max] with min >= 1")
+    try:
+        mc = cfg.model_config()
+    except (KeyError, TypeError, OSError, ValueError) as e:
+        raise ConfigError(f"model: {e}") from None
+    tc = mc.text
+    _need(tc.num_heads % p.tp == 0, "parallel.tp",
+          f"{p.tp} does not divide the {tc.num_heads} attention heads")
+    _need(tc.num_kv_heads % p.tp == 0, "parallel.tp",
+          f"{p.tp} does not divide the {tc.num_kv_heads} key/value heads")
+    _need(tc.intermediate_size % p.tp == 0, "parallel.tp",
+          f"{p.tp} does not divide the FFN size {tc.intermediate_size}")
+    _need(tc.vocab_size % p.tp == 0, "parallel.tp",
+          f"{p.tp} does not divide the vocabulary ({tc.vocab_size})")
+    _need(tc.num_layers % p.pp == 0, "parallel.pp",
+          f"{p.pp} does not divide the {tc.num_layers} layers")
+    trainable = t.trainable if t.trainable is not None else STAGE_TRAINABLE[t.stage]
+    _need(p.pp == 1 or trainable is None or any(x.startswith("language.") for x in trainable),
+          "parallel.pp", "pipeline stages after the first have nothing to train when only the "
+          "vision side trains (stage 1): use pp=1")
+    _need(not tc.tie_word_embeddings, "model.text.tie_word_embeddings",
+          "tied embeddings are not supported by the trainer")
+    if world_size is not None:
+        _need(world_size % (p.tp * p.pp) == 0, "parallel.tp",
+              f"tp·pp = {p.tp * p.pp} does not divide the world size {world_size}")
+        dp = world_size // (p.tp * p.pp)
+        _need(p.dp in (None, dp), "parallel.dp",
+              f"{p.dp} != world_size / (tp·pp) = {dp}")
+        per_step = d.micro_batch_size * dp
+        _need(t.global_batch_size % per_step == 0, "train.global_batch_size",
+              f"{t.global_batch_size} is not a multiple of micro_batch_size·dp = {per_step}")
+
+
+def resolved_dp(cfg: TrainConfig, world_size: int) -> int:
+    return world_size // (cfg.parallel.tp * cfg.parallel.pp)

@@ -1,0 +1,369 @@
+"""The training loop: `train(cfg)` plus the helpers it is made of.
+
+One process per device (torchrun) or a single process; TP/PP/DP from `parallel_state`, megatron
+DDP (+ distributed optimizer), the megatron pipeline schedules for gradient accumulation over
+micro-batches, clipping, cosine LR with warmup, SIGTERM-safe checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import cpu_compat
+from .config import STAGE_TRAINABLE, TrainConfig, validate
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    world: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    dp: int
+    first_stage: bool
+    last_stage: bool
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group() -> None:
+    """gloo on CPU (with cpu_compat installed), nccl on GPU; works without torchrun too."""
+    on_cpu = cpu_compat.install()
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    if not on_cpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("gloo" if on_cpu else "nccl")
+
+
+def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+
+    init_process_group()
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def init_runtime(cfg: TrainConfig) -> Runtime:
+    """Process group, model-parallel groups, seeds; validates the layout against the world."""
+    from megatron.core import parallel_state as ps
+
+    init_process_group()
+    validate(cfg, dist.get_world_size())
+    init_parallel(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
+    return Runtime(cpu_compat.device(), dist.get_rank(), dist.get_world_size(),
+                   ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
+                   ps.get_data_parallel_rank(), ps.get_data_parallel_world_size(),
+                   ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage())
+
+
+# ---- model / optimizer ---------------------------------------------------------------------
+def trainable_prefixes(cfg: TrainConfig) -> list[str] | None:
+    return cfg.train.trainable if cfg.train.trainable is not None else \
+        STAGE_TRAINABLE[cfg.train.stage]
+
+
+def _shard_for_rank(key: str, t: torch.Tensor, p: torch.nn.Parameter) -> torch.Tensor:
+    """This TP rank's slice of a full (TP=1) tensor for parameter `p`."""
+    from megatron.core import parallel_state as ps
+
+    tp, r = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    if not getattr(p, "tensor_model_parallel", False) or tp == 1:
+        return t
+    dim = p.partition_dim
+    if key.endswith("mlp.linear_fc1.weight"):  # [gate; up], each split over TP
+        return torch.cat([c.chunk(tp, dim)[r] for c in t.chunk(2, 0)], 0)
+    return t.chunk(tp, dim)[r]
+
+
+def _full_shape(key: str, p: torch.nn.Parameter) -> list[int]:
+    from megatron.core import parallel_state as ps
+
+    shape = list(p.shape)
+    if getattr(p, "tensor_model_parallel", False):
+        shape[p.partition_dim] *= ps.get_tensor_model_parallel_world_size()
+    return shape
+
+
+def _global_names(model: torch.nn.Module, config):
+    """(global TP=1/PP=1 key, parameter) for this rank's parameters."""
+    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+    offset = get_transformer_layer_offset(config)
+    marker = "language.decoder.layers."
+    for name, p in model.named_parameters():
+        if name.startswith(marker):
+            i, rest = name[len(marker):].split(".", 1)
+            name = f"{marker}{int(i) + offset}.{rest}"
+        yield name, p
+
+
+def load_full_state(model: torch.nn.Module, full: dict[str, torch.Tensor], config) -> None:
+    """Copy TP=1/PP=1 (`hf_to_megatron`) tensors into this rank's shard of the model."""
+    with torch.no_grad():
+        for key, p in _global_names(model, config):
+            p.copy_(_shard_for_rank(key, full[key], p).to(p.dtype))
+
+
+def init_weights(model: torch.nn.Module, config, std: float, seed: int) -> None:
+    """Layout-independent random init: every full tensor comes from a generator seeded by
+    (seed, its global name), then is sliced for this rank, so TP/PP/DP runs start identical.
+    Norm weights 1, biases 0, everything else N(0, std)."""
+    import zlib
+
+    with torch.no_grad():
+        for key, p in _global_names(model, config):
+            if key.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 1 and ("norm" in key or "ln_q" in key):
+                p.fill_(1.0)
+            else:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+                full = torch.randn(_full_shape(key, p), generator=g) * std
+                p.copy_(_shard_for_rank(key, full, p).to(p.dtype))
+
+
+def build_model(cfg: TrainConfig, rt: Runtime):
+    """-> ([DDP-wrapped model chunk], raw module, model config, transformer config)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.transformer.module import Float16Module
+
+    from . import megatron_model as mm
+
+    mc = cfg.model_config()
+    te = mm.use_te(cfg.parallel.attention)
+    tcfg = mm.transformer_config(mc, tp=cfg.parallel.tp, pp=cfg.parallel.pp, bf16=cfg.train.bf16,
+                                 recompute=cfg.train.recompute, init_std=cfg.model.init_std,
+                                 token_mean_loss=cfg.train.loss == "token_mean")
+    raw = mm.build_model(mc, tcfg, te)
+    init_weights(raw, tcfg, cfg.model.init_std, cfg.train.seed)
+    if raw.vision is not None and cfg.train.recompute:
+        raw.vision.gradient_checkpointing = True
+    if cfg.model.hf_checkpoint:
+        from llava_ov15.model.checkpoint import iter_checkpoint
+
+        load_full_state(raw, mm.hf_to_megatron(dict(iter_checkpoint(cfg.model.hf_checkpoint)),
+                                               mc), tcfg)
+    n_train = mm.apply_freezing(raw, trainable_prefixes(cfg))
+    if n_train == 0:
+        raise RuntimeError(f"no trainable parameters on pipeline stage {rt.pp_rank} "
+                           f"(train.trainable={trainable_prefixes(cfg)})")
+    raw.to(rt.device)
+    module = Float16Module(tcfg, raw) if cfg.train.bf16 else raw
+    ddp_cfg = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer)
+    model = [DistributedDataParallel(tcfg, ddp_cfg, module)]
+    return model, raw, mc, tcfg
+
+
+def build_optimizer(cfg: TrainConfig, model, tcfg):
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    t = cfg.train
+    ocfg = OptimizerConfig(
+        optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
+        clip_grad=t.clip_grad, bf16=t.bf16,
+        params_dtype=torch.bfloat16 if t.bf16 else torch.float32,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer)
+    opt = get_megatron_optimizer(ocfg, model)
+    warmup = t.warmup_steps if t.warmup_steps is not None else int(t.warmup_fraction * t.steps)
+    sched = OptimizerParamScheduler(
+        opt, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr, lr_warmup_steps=warmup,
+        lr_decay_steps=t.steps, lr_decay_style=t.lr_decay_style, start_wd=t.weight_decay,
+        end_wd=t.weight_decay, wd_incr_steps=t.steps, wd_incr_style="constant")
+    tcfg.finalize_model_grads_func = finalize_model_grads
+    tcfg.grad_scale_func = opt.scale_loss
+    if cfg.parallel.overlap_grad_reduce:
+        tcfg.no_sync_func = model[0].no_sync
+        tcfg.grad_sync_func = model[0].start_grad_sync
+    return opt, sched
+
+
+# ---- one step ------------------------------------------------------------------------------
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+def loss_func(valid: torch.Tensor, token_mean: bool, per_token: torch.Tensor):
+    """per_token [B, S] CE (0 where not trained) -> megatron loss tuple.
+
+    pack_mean (reference): mean over rows of each row's token-mean CE; megatron averages it over
+    micro-batches and DDP over data-parallel ranks -> mean over all packs of the global batch.
+    token_mean: summed CE + token count; megatron divides by the global token count.
+    """
+    per_token = per_token.float()
+    count = valid.sum(1)
+    if token_mean:
+        total = per_token.sum()
+        n = count.sum().to(torch.int)
+        return total, n, {"loss": torch.stack([total.detach(), n.float()])}
+    per_row = per_token.sum(1) / count.clamp(min=1)
+    loss = per_row.mean()
+    return loss, {"loss": torch.stack([per_row.sum().detach(),
+                                       torch.tensor(float(len(per_row)), device=loss.device)])}
+
+
+def forward_step(device, token_mean: bool, data_iterator, model):
+    from .megatron_model import segment_ids, shifted_targets
+
+    b = _to(next(data_iterator), device)
+    ids = b["input_ids"]
+    out = model(ids, b["position_ids"], b["cu_seqlens"], b["labels"], b.get("pixel_values"),
+                b.get("image_grid_thw"))
+    seg = segment_ids(b["cu_seqlens"], *ids.shape)
+    valid = shifted_targets(b["labels"], seg) != -100
+    return out, partial(loss_func, valid, token_mean)
+
+
+def train_step(cfg: TrainConfig, rt: Runtime, model, opt, sched, batches: list[dict]) -> dict:
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    for m in model:
+        m.zero_grad_buffer()
+    opt.zero_grad()
+    s, mbs = cfg.data.seq_len, cfg.data.micro_batch_size
+    te = getattr(model[0].module, "te", False) or getattr(
+        getattr(model[0].module, "module", None), "te", False)
+    out = get_forward_backward_func()(
+        forward_step_func=partial(forward_step, rt.device, cfg.train.loss == "token_mean"),
+        data_iterator=iter(batches), model=model, num_microbatches=len(batches),
+        seq_length=s * mbs if te else s, micro_batch_size=1 if te else mbs, forward_only=False)
+    ok, grad_norm, _ = opt.step()
+    if ok:
+        sched.step(increment=1)
+    num = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    if rt.last_stage and rt.tp_rank == 0:
+        for d in out:
+            num += d["loss"].double()
+    dist.all_reduce(num)
+    return {"loss": float(num[0] / num[1].clamp(min=1)), "grad_norm": float(grad_norm or 0.0),
+            "skipped": not ok}
+
+
+def peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+# ---- the loop -------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train per `cfg`; returns {"losses": [...], "step": last step, "stopped": bool}."""
+    from . import checkpointing as ckpt
+    from .data import build_source
+    from .metrics import FlopCounter, MetricsLogger, device_peak_tflops
+
+    rt = init_runtime(cfg)
+    model, raw, mc, tcfg = build_model(cfg, rt)
+    opt, sched = build_optimizer(cfg, model, tcfg)
+    data = build_source(cfg, mc, rt.dp_rank, rt.dp)
+    step = resume_or_init(cfg, model, opt, sched, data)
+    n_micro = cfg.train.global_batch_size // (cfg.data.micro_batch_size * rt.dp)
+    names = [n for n, p in raw.named_parameters() if p.requires_grad]
+    flops = FlopCounter(mc, any(n.startswith("vision.") and ".merger." not in n for n in names),
+                        any(".merger." in n for n in names),
+                        any(n.startswith("language.") for n in names), cfg.train.recompute)
+    peak = cfg.log.peak_tflops or device_peak_tflops()
+    log = MetricsLogger(cfg.log.dir, cfg.log.progress, cfg.train.steps, step,
+                        cfg.log.tensorboard, enabled=rt.rank == 0)
+    stop, losses = ckpt.StopFlag(), []
+    try:
+        while step < cfg.train.steps:
+            t0 = time.perf_counter()
+            batches = [next(data) for _ in range(n_micro)]
+            lr = opt.param_groups[0]["lr"]  # the LR this step uses
+            res = train_step(cfg, rt, model, opt, sched, batches)
+            step += 1
+            dt = time.perf_counter() - t0
+            losses.append(res["loss"])
+            f = torch.tensor([sum(flops.batch_flops(b) for b in batches)], dtype=torch.float64,
+                             device=rt.device)
+            if rt.dp > 1:
+                from megatron.core import parallel_state as ps
+
+                dist.all_reduce(f, group=ps.get_data_parallel_group())
+            tokens = cfg.train.global_batch_size * cfg.data.seq_len
+            rec = {"step": step, "loss": res["loss"], "lr": lr,
+                   "grad_norm": res["grad_norm"], "tokens_per_s": tokens / dt,
+                   "step_time_s": dt, "tflops_per_device": float(f) / dt / rt.world / 1e12,
+                   "mfu": float(f) / dt / rt.world / (peak * 1e12) if peak else None,
+                   "peak_mem_gb": peak_memory_gb(), "skipped": res["skipped"]}
+            if step % cfg.log.interval == 0 or step == cfg.train.steps:
+                log.log(rec)
+            if cfg.train.exit_after_steps == step:
+                os.kill(os.getpid(), stop_signal())
+            stopping = stop.synced()
+            interval = cfg.checkpoint.save_interval
+            due = (interval and step % interval == 0) or (step == cfg.train.steps) or (
+                stopping and cfg.checkpoint.save_on_exit)
+            if cfg.checkpoint.dir and due:
+                ckpt.save(cfg.checkpoint.dir, step, model, opt, sched, data, cfg.to_dict(),
+                          cfg.checkpoint.sharding_type, mc.to_hf_dict())
+            if stopping:
+                if rt.rank == 0:
+                    print(f"[train] stopped by signal after step {step}"
+                          + (f"; checkpoint in {cfg.checkpoint.dir}" if cfg.checkpoint.dir
+                             else ""), file=sys.stderr, flush=True)
+                break
+    finally:
+        log.close()
+        stop.restore()
+    return {"losses": losses, "step": step, "stopped": stop.requested}
+
+
+def stop_signal() -> int:
+    import signal
+
+    return signal.SIGTERM
+
+
+def resume_or_init(cfg: TrainConfig, model, opt, sched, data) -> int:
+    from . import checkpointing as ckpt
+
+    c = cfg.checkpoint
+    if c.resume and c.dir:
+        path = ckpt.latest_checkpoint(c.dir)
+        if path is not None:
+            step = ckpt.load(path, model, opt, sched, data, c.sharding_type)
+            if dist.get_rank() == 0:
+                print(f"[train] resumed from {path} at step {step}", file=sys.stderr, flush=True)
+            return step
+    if c.load:
+        ckpt.load_model_only(c.load, model)
+        # the optimizer's fp32 master copies must follow the loaded weights
+        opt.reload_model_params()
+    return 0

@@ -1,0 +1,97 @@
+"""Trainer config: YAML -> typed dataclasses, --set overrides, validation naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llava_ov15.train.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "configs").glob("*/*.yaml"))
+
+
+def test_recipes_exist_for_every_size_and_stage():
+    names = {(p.parent.name, p.stem) for p in RECIPES}
+    for size in ("llava-ov-1.5-4b", "llava-ov-1.5-8b", "tiny"):
+        for stage in ("stage1_alignment", "stage1.5_mid_training", "stage2_instruct"):
+            assert (size, stage) in names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_recipes_validate(path):
+    world = 1 if path.parent.name == "tiny" else 8
+    cfg = load_config(path, world_size=world)
+    stage = {"stage1_alignment": "1", "stage1.5_mid_training": "1.5",
+             "stage2_instruct": "2"}[path.stem]
+    assert cfg.train.stage == stage
+    if path.parent.name != "tiny":
+        t = cfg.train
+        assert (t.lr, t.min_lr, t.adam_eps, t.clip_grad, t.bf16, t.recompute) == (
+            {"1": 1e-4}.get(stage, 1e-5), 1e-6, 1e-5, 1.0, True, True)
+        assert cfg.parallel.distributed_optimizer and cfg.data.micro_batch_size == 1
+        assert cfg.data.packed == (stage != "2")
+        if stage == "1.5":
+            assert (t.weight_decay, t.adam_beta2) == (0.01, 0.95)
+
+
+def test_set_overrides_and_types(tmp_path):
+    cfg = load_config(ROOT / "configs/tiny/stage1_alignment.yaml",
+                      ["train.lr=1e-5", "parallel.tp=2", "train.stage=1.5",
+                       "data.image_sizes=[28, 56]"])
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.parallel.tp == 2 and cfg.train.stage == "1.5"
+    assert cfg.data.image_sizes == [28, 56]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lrr=1", "train.lrr"),
+    ("bogus.x=1", "bogus"),
+    ("model.text.nope=3", None),
+    ("train.steps=abc", "train.steps"),
+    ("train.stage=3", "train.stage"),
+    ("train.loss=sum", "train.loss"),
+    ("parallel.tp=3", "parallel.tp"),  # 4 heads / 2 kv heads
+    ("parallel.pp=4", "parallel.pp"),  # 2 layers
+    ("train.global_batch_size=3", "train.global_batch_size"),
+])
+def test_invalid_configs_name_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / "configs/tiny/stage1.5_mid_training.yaml", [override],
+                    world_size=2 if "global_batch" in override else None)
+    if key:
+        assert key in str(e.value)
+
+
+def test_world_size_layout_checks():
+    path = ROOT / "configs/tiny/stage1.5_mid_training.yaml"
+    with pytest.raises(ConfigError, match="parallel.tp"):
+        load_config(path, ["parallel.tp=2"], world_size=3)
+    with pytest.raises(ConfigError, match="parallel.dp"):
+        load_config(path, ["parallel.dp=4"], world_size=2)
+    with pytest.raises(ConfigError, match="parallel.pp"):  # stage 1 trains nothing past stage 0
+        load_config(ROOT / "configs/tiny/stage1_alignment.yaml", ["parallel.pp=2"], world_size=2)
+    cfg = load_config(path, ["parallel.tp=2"], world_size=2)
+    assert cfg.parallel.tp == 2
+
+
+def test_cli_reports_config_errors(tmp_path):
+    from llava_ov15.train.__main__ import main
+
+    assert main(["--config", str(ROOT / "configs/tiny/stage1_alignment.yaml"),
+                 "--set", "train.lrr=1"]) == 2
+    assert main(["--config", str(ROOT / "configs/tiny/stage1_alignment.yaml"),
+                 "--print-config"]) == 0
+
+
+def test_cpu_compat_is_a_no_op_on_gpu(monkeypatch):
+    import torch
+
+    from llava_ov15.train import cpu_compat
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = torch.cuda.current_device
+    assert cpu_compat.install() is False
+    assert torch.cuda.current_device is before
+    assert cpu_compat.MEGATRON_CORE_VERSION == "0.16.1"
