@@ -32,10 +32,20 @@ impl LengthCounter {
         caption_prompt: String,
     ) -> PyResult<Self> {
         if patch_size == 0 || merge_size == 0 || min_pixels > max_pixels {
-            return Err(value_err("need patch_size, merge_size > 0 and min_pixels <= max_pixels"));
+            return Err(value_err(
+                "need patch_size, merge_size > 0 and min_pixels <= max_pixels",
+            ));
         }
-        let vision = VisionConfig { patch_size, merge_size, min_pixels, max_pixels };
-        let template = TemplateOptions { system, caption_prompt };
+        let vision = VisionConfig {
+            patch_size,
+            merge_size,
+            min_pixels,
+            max_pixels,
+        };
+        let template = TemplateOptions {
+            system,
+            caption_prompt,
+        };
         let inner = Counter::from_file(&tokenizer, vision, template).map_err(value_err)?;
         Ok(LengthCounter { inner })
     }
@@ -43,7 +53,9 @@ impl LengthCounter {
     /// Length of one per-sample JSON document (str/bytes as stored in the shard).
     fn sample_length<'py>(&self, py: Python<'py>, sample: &[u8]) -> PyResult<Bound<'py, PyDict>> {
         let v: serde_json::Value = serde_json::from_slice(sample).map_err(value_err)?;
-        let l = py.detach(|| self.inner.sample_length(&v)).map_err(value_err)?;
+        let l = py
+            .detach(|| self.inner.sample_length(&v))
+            .map_err(value_err)?;
         let d = PyDict::new(py);
         d.set_item("total", l.total)?;
         d.set_item("text_tokens", l.text_tokens)?;
@@ -59,8 +71,12 @@ impl LengthCounter {
             samples
                 .iter()
                 .map(|s| {
-                    let v: serde_json::Value = serde_json::from_slice(s).map_err(|e| e.to_string())?;
-                    self.inner.sample_length(&v).map(|l| l.total).map_err(|e| e.to_string())
+                    let v: serde_json::Value =
+                        serde_json::from_slice(s).map_err(|e| e.to_string())?;
+                    self.inner
+                        .sample_length(&v)
+                        .map(|l| l.total)
+                        .map_err(|e| e.to_string())
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
@@ -69,7 +85,11 @@ impl LengthCounter {
 
     /// (resized_height, resized_width, vit_patches, llm_tokens) for an image of this size.
     fn image_grid(&self, width: u32, height: u32) -> PyResult<(u32, u32, u64, u32)> {
-        let g = self.inner.vision.image_grid(width, height).map_err(value_err)?;
+        let g = self
+            .inner
+            .vision
+            .image_grid(width, height)
+            .map_err(value_err)?;
         Ok((g.height, g.width, g.patches, g.tokens))
     }
 
@@ -82,7 +102,13 @@ impl LengthCounter {
 /// Exact Qwen2-VL `smart_resize` → (height, width).
 #[pyfunction]
 #[pyo3(signature = (height, width, factor=28, min_pixels=3136, max_pixels=2_560_000))]
-fn smart_resize(height: u32, width: u32, factor: u32, min_pixels: u64, max_pixels: u64) -> PyResult<(u32, u32)> {
+fn smart_resize(
+    height: u32,
+    width: u32,
+    factor: u32,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> PyResult<(u32, u32)> {
     bucketer::smart_resize(height, width, factor, min_pixels, max_pixels).map_err(value_err)
 }
 

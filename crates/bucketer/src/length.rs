@@ -22,7 +22,12 @@ pub struct VisionConfig {
 
 impl Default for VisionConfig {
     fn default() -> Self {
-        VisionConfig { patch_size: 14, merge_size: 2, min_pixels: 3136, max_pixels: 2_560_000 }
+        VisionConfig {
+            patch_size: 14,
+            merge_size: 2,
+            min_pixels: 3136,
+            max_pixels: 2_560_000,
+        }
     }
 }
 
@@ -33,7 +38,12 @@ impl VisionConfig {
         let (h, w) = smart_resize(height, width, factor, self.min_pixels, self.max_pixels)?;
         let patches = (h / self.patch_size) as u64 * (w / self.patch_size) as u64;
         let merge = (self.merge_size * self.merge_size) as u64;
-        Ok(ImageGrid { height: h, width: w, patches, tokens: (patches / merge) as u32 })
+        Ok(ImageGrid {
+            height: h,
+            width: w,
+            patches,
+            tokens: (patches / merge) as u32,
+        })
     }
 }
 
@@ -100,12 +110,20 @@ pub struct LengthCounter {
 }
 
 impl LengthCounter {
-    pub fn from_file(path: &Path, vision: VisionConfig, template: TemplateOptions) -> Result<Self, LengthError> {
+    pub fn from_file(
+        path: &Path,
+        vision: VisionConfig,
+        template: TemplateOptions,
+    ) -> Result<Self, LengthError> {
         let tokenizer = Tokenizer::from_file(path).map_err(|e| LengthError::Tokenizer {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let id = |t: &'static str| tokenizer.token_to_id(t).ok_or(LengthError::MissingSpecial(t));
+        let id = |t: &'static str| {
+            tokenizer
+                .token_to_id(t)
+                .ok_or(LengthError::MissingSpecial(t))
+        };
         let ids = SpecialIds {
             im_start: id("<|im_start|>")?,
             im_end: id("<|im_end|>")?,
@@ -113,7 +131,12 @@ impl LengthCounter {
             vision_end: id("<|vision_end|>")?,
             image_pad: id("<|image_pad|>")?,
         };
-        Ok(LengthCounter { tokenizer, vision, template, ids })
+        Ok(LengthCounter {
+            tokenizer,
+            vision,
+            template,
+            ids,
+        })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -122,7 +145,10 @@ impl LengthCounter {
 
     /// Token ids of a text segment (added/special tokens inside it are honoured, as in HF).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LengthError> {
-        let enc = self.tokenizer.encode_fast(text, false).map_err(|e| LengthError::Encode(e.to_string()))?;
+        let enc = self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| LengthError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -140,7 +166,10 @@ impl LengthCounter {
         for seg in &rendered.segments {
             match seg {
                 Segment::Text { text: t, .. } => {
-                    let enc = self.tokenizer.encode_fast(t.as_str(), false).map_err(|e| LengthError::Encode(e.to_string()))?;
+                    let enc = self
+                        .tokenizer
+                        .encode_fast(t.as_str(), false)
+                        .map_err(|e| LengthError::Encode(e.to_string()))?;
                     text += enc.len() as u32;
                 }
                 Segment::Special { .. } => special += 1,
@@ -160,14 +189,25 @@ impl LengthCounter {
 /// The resize grid of every image listed in the sample's `images` metadata.
 pub fn image_grids(sample: &Value, vision: &VisionConfig) -> Result<Vec<ImageGrid>, LengthError> {
     let empty = Vec::new();
-    let images = sample.get("images").and_then(Value::as_array).unwrap_or(&empty);
+    let images = sample
+        .get("images")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
     images
         .iter()
         .enumerate()
         .map(|(i, im)| {
-            let w = im.get("width").and_then(Value::as_u64).ok_or(LengthError::NoSize(i))?;
-            let h = im.get("height").and_then(Value::as_u64).ok_or(LengthError::NoSize(i))?;
-            vision.image_grid(w as u32, h as u32).map_err(|source| LengthError::Image { index: i, source })
+            let w = im
+                .get("width")
+                .and_then(Value::as_u64)
+                .ok_or(LengthError::NoSize(i))?;
+            let h = im
+                .get("height")
+                .and_then(Value::as_u64)
+                .ok_or(LengthError::NoSize(i))?;
+            vision
+                .image_grid(w as u32, h as u32)
+                .map_err(|source| LengthError::Image { index: i, source })
         })
         .collect()
 }

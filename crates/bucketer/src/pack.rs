@@ -40,7 +40,10 @@ pub enum RejectReason {
     /// The sample alone is longer than `max_len`.
     TooLong { length: u32, max_len: u32 },
     /// The sample alone has more image tokens than `max_image_tokens`.
-    TooManyImageTokens { image_tokens: u32, max_image_tokens: u32 },
+    TooManyImageTokens {
+        image_tokens: u32,
+        max_image_tokens: u32,
+    },
 }
 
 impl RejectReason {
@@ -59,8 +62,14 @@ impl std::fmt::Display for RejectReason {
             RejectReason::TooLong { length, max_len } => {
                 write!(f, "length {length} > max_len {max_len}")
             }
-            RejectReason::TooManyImageTokens { image_tokens, max_image_tokens } => {
-                write!(f, "image tokens {image_tokens} > max_image_tokens {max_image_tokens}")
+            RejectReason::TooManyImageTokens {
+                image_tokens,
+                max_image_tokens,
+            } => {
+                write!(
+                    f,
+                    "image tokens {image_tokens} > max_image_tokens {max_image_tokens}"
+                )
             }
         }
     }
@@ -100,7 +109,10 @@ struct BitTree {
 impl BitTree {
     fn new(n: usize) -> Self {
         let words = n.div_ceil(64).max(1);
-        BitTree { low: vec![0; words], high: vec![0; words.div_ceil(64)] }
+        BitTree {
+            low: vec![0; words],
+            high: vec![0; words.div_ceil(64)],
+        }
     }
     fn insert(&mut self, i: usize) {
         self.low[i / 64] |= 1 << (i % 64);
@@ -127,7 +139,11 @@ impl BitTree {
         if hw >= self.high.len() {
             return None;
         }
-        let mut bits = if hb == 0 { self.high[hw] } else { self.high[hw] & (!0u64 << hb) };
+        let mut bits = if hb == 0 {
+            self.high[hw]
+        } else {
+            self.high[hw] & (!0u64 << hb)
+        };
         let mut h = hw;
         loop {
             if bits != 0 {
@@ -168,9 +184,18 @@ pub fn pack(lengths: &[u32], image_tokens: Option<&[u32]>, cfg: &PackConfig) -> 
     let mut count = vec![0usize; cap + 2];
     for (i, &l) in lengths.iter().enumerate() {
         if l > cfg.max_len {
-            rejects.push((i as u32, RejectReason::TooLong { length: l, max_len: cfg.max_len }));
+            rejects.push((
+                i as u32,
+                RejectReason::TooLong {
+                    length: l,
+                    max_len: cfg.max_len,
+                },
+            ));
         } else if img(i) > img_cap {
-            let reason = RejectReason::TooManyImageTokens { image_tokens: img(i), max_image_tokens: img_cap };
+            let reason = RejectReason::TooManyImageTokens {
+                image_tokens: img(i),
+                max_image_tokens: img_cap,
+            };
             rejects.push((i as u32, reason));
         } else {
             count[cap - l as usize + 1] += 1;
@@ -195,7 +220,8 @@ pub fn pack(lengths: &[u32], image_tokens: Option<&[u32]>, cfg: &PackConfig) -> 
 
     // Best fit over capacity groups.
     let mut bin_of = vec![0u32; n];
-    let mut groups: Vec<BinaryHeap<(u32, Reverse<u32>)>> = (0..=cap).map(|_| BinaryHeap::new()).collect();
+    let mut groups: Vec<BinaryHeap<(u32, Reverse<u32>)>> =
+        (0..=cap).map(|_| BinaryHeap::new()).collect();
     let mut nonempty = BitTree::new(cap + 1);
     let mut bins = 0u32;
     for &i in &order {
@@ -213,7 +239,10 @@ pub fn pack(lengths: &[u32], image_tokens: Option<&[u32]>, cfg: &PackConfig) -> 
                 found = Some((r, budget, b));
                 break;
             }
-            debug_assert!(cfg.max_image_tokens.is_some(), "infinite budget always fits");
+            debug_assert!(
+                cfg.max_image_tokens.is_some(),
+                "infinite budget always fits"
+            );
             from = r + 1;
         }
         let (r, budget, b) = found.unwrap_or_else(|| {
@@ -235,18 +264,18 @@ pub fn pack(lengths: &[u32], image_tokens: Option<&[u32]>, cfg: &PackConfig) -> 
     let mut rank = vec![unassigned; bins as usize];
     let mut sizes: Vec<usize> = Vec::with_capacity(bins as usize);
     let mut next_reject = 0;
-    for i in 0..n {
+    for (i, bin) in bin_of.iter_mut().enumerate() {
         if rejects.get(next_reject).is_some_and(|r| r.0 as usize == i) {
             next_reject += 1;
-            bin_of[i] = unassigned;
+            *bin = unassigned;
             continue;
         }
-        let b = bin_of[i] as usize;
+        let b = *bin as usize;
         if rank[b] == unassigned {
             rank[b] = sizes.len() as u32;
             sizes.push(0);
         }
-        bin_of[i] = rank[b];
+        *bin = rank[b];
         sizes[rank[b] as usize] += 1;
     }
     let mut offsets = Vec::with_capacity(sizes.len() + 1);
@@ -262,7 +291,11 @@ pub fn pack(lengths: &[u32], image_tokens: Option<&[u32]>, cfg: &PackConfig) -> 
             fill[p as usize] += 1;
         }
     }
-    Packing { offsets, items, rejects }
+    Packing {
+        offsets,
+        items,
+        rejects,
+    }
 }
 
 /// Summary numbers of a packing.
@@ -298,8 +331,16 @@ pub fn summarize(lengths: &[u32], p: &Packing, max_len: u32) -> PackSummary {
         rejects: p.rejects.len() as u64,
         total_tokens: total,
         lower_bound,
-        fill_efficiency: if packs == 0 { 1.0 } else { lower_bound as f64 / packs as f64 },
-        mean_fill: if packs == 0 { 0.0 } else { total as f64 / (packs as f64 * max_len as f64) },
+        fill_efficiency: if packs == 0 {
+            1.0
+        } else {
+            lower_bound as f64 / packs as f64
+        },
+        mean_fill: if packs == 0 {
+            0.0
+        } else {
+            total as f64 / (packs as f64 * max_len as f64)
+        },
         packs_under_90: under,
     }
 }
@@ -310,7 +351,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn cfg(max_len: u32, cap: Option<u32>) -> PackConfig {
-        PackConfig { max_len, max_image_tokens: cap }
+        PackConfig {
+            max_len,
+            max_image_tokens: cap,
+        }
     }
 
     /// Every index exactly once (pack or reject), no pack over either cap.
@@ -334,7 +378,10 @@ mod tests {
         }
         assert!(seen.iter().all(|&s| s == 1), "every item exactly once");
         let firsts: Vec<u32> = p.iter().map(|x| x[0]).collect();
-        assert!(firsts.windows(2).all(|w| w[0] < w[1]), "packs ordered by smallest index");
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "packs ordered by smallest index"
+        );
     }
 
     #[test]
@@ -372,8 +419,26 @@ mod tests {
         let c = cfg(10, Some(8));
         let p = pack(&l, Some(&im), &c);
         check(&l, Some(&im), &c, &p);
-        assert_eq!(p.rejects[0], (1, RejectReason::TooLong { length: 11, max_len: 10 }));
-        assert_eq!(p.rejects[1], (2, RejectReason::TooManyImageTokens { image_tokens: 9, max_image_tokens: 8 }));
+        assert_eq!(
+            p.rejects[0],
+            (
+                1,
+                RejectReason::TooLong {
+                    length: 11,
+                    max_len: 10
+                }
+            )
+        );
+        assert_eq!(
+            p.rejects[1],
+            (
+                2,
+                RejectReason::TooManyImageTokens {
+                    image_tokens: 9,
+                    max_image_tokens: 8
+                }
+            )
+        );
         assert_eq!(p.len(), 1);
     }
 
@@ -394,7 +459,10 @@ mod tests {
         let l = [5, 5, 9];
         let p = pack(&l, None, &cfg(10, None));
         let s = summarize(&l, &p, 10);
-        assert_eq!((s.packs, s.lower_bound, s.total_tokens, s.packs_under_90), (2, 2, 19, 0));
+        assert_eq!(
+            (s.packs, s.lower_bound, s.total_tokens, s.packs_under_90),
+            (2, 2, 19, 0)
+        );
         assert_eq!(s.fill_efficiency, 1.0);
     }
 

@@ -66,7 +66,10 @@ pub enum Segment {
     /// Text between special tokens, tokenised as one string (as the HF tokenizer sees the
     /// rendered template). `trained_from` is the byte offset where assistant answer text
     /// starts inside it, if it holds any.
-    Text { text: String, trained_from: Option<usize> },
+    Text {
+        text: String,
+        trained_from: Option<usize>,
+    },
     /// A special token; `trained` for the `<|im_end|>` closing an assistant answer.
     Special { token: Special, trained: bool },
     /// `<|image_pad|>` × n for the i-th image (n = its LLM token count).
@@ -96,7 +99,10 @@ pub struct TemplateOptions {
 
 impl Default for TemplateOptions {
     fn default() -> Self {
-        TemplateOptions { system: Some(DEFAULT_SYSTEM.into()), caption_prompt: String::new() }
+        TemplateOptions {
+            system: Some(DEFAULT_SYSTEM.into()),
+            caption_prompt: String::new(),
+        }
     }
 }
 
@@ -123,7 +129,11 @@ fn split_image_tags(text: &str, next: &mut usize, out: &mut Vec<Part>) {
 }
 
 /// Structured turns of a per-sample JSON document with `n_images` images.
-pub fn turns(sample: &Value, n_images: usize, opts: &TemplateOptions) -> Result<Vec<Turn>, TemplateError> {
+pub fn turns(
+    sample: &Value,
+    n_images: usize,
+    opts: &TemplateOptions,
+) -> Result<Vec<Turn>, TemplateError> {
     let mut next = 0usize;
     let mut turns = Vec::new();
     if let Some(conv) = sample.get("conversations").and_then(Value::as_array) {
@@ -133,7 +143,11 @@ pub fn turns(sample: &Value, n_images: usize, opts: &TemplateOptions) -> Result<
                 "human" | "user" => Role::User,
                 "gpt" | "assistant" => Role::Assistant,
                 "system" => Role::System,
-                other => return Err(TemplateError::Invalid(format!("{ctx}.from {other:?} is unknown"))),
+                other => {
+                    return Err(TemplateError::Invalid(format!(
+                        "{ctx}.from {other:?} is unknown"
+                    )))
+                }
             };
             let mut parts = Vec::new();
             split_image_tags(str_field(t, "value", &ctx)?, &mut next, &mut parts);
@@ -146,7 +160,11 @@ pub fn turns(sample: &Value, n_images: usize, opts: &TemplateOptions) -> Result<
                 "user" => Role::User,
                 "assistant" => Role::Assistant,
                 "system" => Role::System,
-                other => return Err(TemplateError::Invalid(format!("{ctx}.role {other:?} is unknown"))),
+                other => {
+                    return Err(TemplateError::Invalid(format!(
+                        "{ctx}.role {other:?} is unknown"
+                    )))
+                }
             };
             let mut parts = Vec::new();
             match m.get("content") {
@@ -158,8 +176,14 @@ pub fn turns(sample: &Value, n_images: usize, opts: &TemplateOptions) -> Result<
                                 parts.push(Part::Image(next));
                                 next += 1;
                             }
-                            Some("text") => parts.push(Part::Text(str_field(p, "text", &format!("{ctx}.content[{j}]"))?.to_string())),
-                            _ => return Err(TemplateError::Invalid(format!("{ctx}.content[{j}] has no known type"))),
+                            Some("text") => parts.push(Part::Text(
+                                str_field(p, "text", &format!("{ctx}.content[{j}]"))?.to_string(),
+                            )),
+                            _ => {
+                                return Err(TemplateError::Invalid(format!(
+                                    "{ctx}.content[{j}] has no known type"
+                                )))
+                            }
                         }
                     }
                 }
@@ -173,20 +197,32 @@ pub fn turns(sample: &Value, n_images: usize, opts: &TemplateOptions) -> Result<
         if !opts.caption_prompt.is_empty() {
             user.push(Part::Text(opts.caption_prompt.clone()));
         }
-        turns.push(Turn { role: Role::User, parts: user });
-        turns.push(Turn { role: Role::Assistant, parts: vec![Part::Text(cap.to_string())] });
+        turns.push(Turn {
+            role: Role::User,
+            parts: user,
+        });
+        turns.push(Turn {
+            role: Role::Assistant,
+            parts: vec![Part::Text(cap.to_string())],
+        });
     } else {
         return Err(TemplateError::NoText);
     }
     if next == 0 && n_images > 0 {
         // No placeholders: the images lead the first user turn (the template's order).
-        let first = turns.iter_mut().find(|t| t.role == Role::User).ok_or_else(|| {
-            TemplateError::Invalid("images but no user turn to put them in".into())
-        })?;
+        let first = turns
+            .iter_mut()
+            .find(|t| t.role == Role::User)
+            .ok_or_else(|| {
+                TemplateError::Invalid("images but no user turn to put them in".into())
+            })?;
         let imgs: Vec<Part> = (0..n_images).map(Part::Image).collect();
         first.parts.splice(0..0, imgs);
     } else if next != n_images {
-        return Err(TemplateError::ImageCount { placeholders: next, images: n_images });
+        return Err(TemplateError::ImageCount {
+            placeholders: next,
+            images: n_images,
+        });
     }
     Ok(turns)
 }
@@ -205,14 +241,23 @@ pub fn render(turns: &[Turn], opts: &TemplateOptions) -> Rendered {
             if train && trained_from.is_none() {
                 *trained_from = Some(text.len());
             }
-            debug_assert!(train || trained_from.is_none(), "answer text is followed by <|im_end|>");
+            debug_assert!(
+                train || trained_from.is_none(),
+                "answer text is followed by <|im_end|>"
+            );
             text.push_str(s);
             return;
         }
-        segs.push(Segment::Text { text: s.to_string(), trained_from: train.then_some(0) });
+        segs.push(Segment::Text {
+            text: s.to_string(),
+            trained_from: train.then_some(0),
+        });
     }
     let special = |token, trained| Segment::Special { token, trained };
-    let lead_system = turns.first().map(|t| t.role == Role::System).unwrap_or(false);
+    let lead_system = turns
+        .first()
+        .map(|t| t.role == Role::System)
+        .unwrap_or(false);
     if let (false, Some(sys)) = (lead_system, &opts.system) {
         segs.push(special(Special::ImStart, false));
         push_text(&mut segs, &format!("system\n{sys}"), false);
@@ -249,10 +294,22 @@ mod tests {
             .iter()
             .map(|s| match s {
                 Segment::Text { text, .. } => text.clone(),
-                Segment::Special { token: Special::ImStart, .. } => "<|im_start|>".into(),
-                Segment::Special { token: Special::ImEnd, .. } => "<|im_end|>".into(),
-                Segment::Special { token: Special::VisionStart, .. } => "<|vision_start|>".into(),
-                Segment::Special { token: Special::VisionEnd, .. } => "<|vision_end|>".into(),
+                Segment::Special {
+                    token: Special::ImStart,
+                    ..
+                } => "<|im_start|>".into(),
+                Segment::Special {
+                    token: Special::ImEnd,
+                    ..
+                } => "<|im_end|>".into(),
+                Segment::Special {
+                    token: Special::VisionStart,
+                    ..
+                } => "<|vision_start|>".into(),
+                Segment::Special {
+                    token: Special::VisionEnd,
+                    ..
+                } => "<|vision_end|>".into(),
                 Segment::ImagePads { image } => format!("<pads{image}>"),
             })
             .collect()
@@ -270,10 +327,25 @@ mod tests {
         let n = r.segments.len();
         assert_eq!(
             r.segments[n - 3],
-            Segment::Text { text: "assistant\nA cat.".into(), trained_from: Some("assistant\n".len()) }
+            Segment::Text {
+                text: "assistant\nA cat.".into(),
+                trained_from: Some("assistant\n".len())
+            }
         );
-        assert_eq!(r.segments[n - 2], Segment::Special { token: Special::ImEnd, trained: true });
-        assert_eq!(r.segments[n - 1], Segment::Text { text: "\n".into(), trained_from: None });
+        assert_eq!(
+            r.segments[n - 2],
+            Segment::Special {
+                token: Special::ImEnd,
+                trained: true
+            }
+        );
+        assert_eq!(
+            r.segments[n - 1],
+            Segment::Text {
+                text: "\n".into(),
+                trained_from: None
+            }
+        );
     }
 
     #[test]
@@ -287,7 +359,13 @@ mod tests {
         let t = text(&render(&turns(&s, 2, &o).unwrap(), &o));
         assert!(t.contains("user\n<|vision_start|><pads0><|vision_end|>\nWhat is it?<|im_end|>"));
         assert!(t.contains("user\nAnd <|vision_start|><pads1><|vision_end|> this?<|im_end|>"));
-        assert!(matches!(turns(&s, 1, &o), Err(TemplateError::ImageCount { placeholders: 2, images: 1 })));
+        assert!(matches!(
+            turns(&s, 1, &o),
+            Err(TemplateError::ImageCount {
+                placeholders: 2,
+                images: 1
+            })
+        ));
     }
 
     #[test]
@@ -306,7 +384,9 @@ mod tests {
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]},
             {"role": "assistant", "content": "Hello"}]});
         let t = text(&render(&turns(&s, 1, &o).unwrap(), &o));
-        assert!(t.starts_with("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<|vision_start|>"));
+        assert!(t.starts_with(
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+        ));
         assert_eq!(t.matches("system").count(), 1);
     }
 
@@ -316,6 +396,11 @@ mod tests {
         let s = json!({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]});
         assert_eq!(turns(&s, 0, &o).unwrap().len(), 2);
         assert_eq!(turns(&json!({"id": 1}), 0, &o), Err(TemplateError::NoText));
-        assert!(turns(&json!({"conversations": [{"from": "alien", "value": "x"}]}), 0, &o).is_err());
+        assert!(turns(
+            &json!({"conversations": [{"from": "alien", "value": "x"}]}),
+            0,
+            &o
+        )
+        .is_err());
     }
 }
