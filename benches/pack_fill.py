@@ -87,7 +87,7 @@ def rust_child(kind: str, n: int, cap: int) -> None:
 def bench_packing(sizes: list[int], cap: int, peer_max: int) -> None:
     from llava_ov15 import _native
 
-    h = np.random.default_rng(1).integers(1, 5000, (2, 20000))
+    h = np.random.default_rng(1).integers(25, 5000, (2, 20000))
     hb, wb = smart_resize_np(h[0], h[1])
     for a, b, x, y in zip(h[0], h[1], hb, wb, strict=False):
         assert _native.smart_resize(int(a), int(b), 28, MIN_PIXELS, MAX_PIXELS) == (x, y)
@@ -156,7 +156,8 @@ def bench_lengths(n: int, n_peer: int) -> None:
             if not name.endswith(".json") or done >= n_peer:
                 continue
             doc = json.loads(data)
-            images = [Image.open(io.BytesIO(members[im["member"]])).convert("RGB")
+            key = name[:-len(".json")]  # `member` holds the suffix (jpg, img0.png, ...)
+            images = [Image.open(io.BytesIO(members[f"{key}.{im['member']}"])).convert("RGB")
                       for im in doc["images"]]
             hf_length(hf, doc, images)
             done += 1
