@@ -54,6 +54,8 @@ def write_bucket_plots(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
         t = h[key]
         c = np.array(t["counts"])
         ax.bar(np.arange(len(c)) * t["bin"], c, width=t["bin"], align="edge", color="#55a868")
+        nz = np.flatnonzero(c)
+        ax.set_xlim(0, ((nz[-1] if len(nz) else 0) + 2) * t["bin"])  # zoom to the data
         ax.set_xlabel(f"{what}; last bin ≥ {(len(c) - 1) * t['bin']}")
         ax.set_ylabel("count")
     axes[0].set_title(f"Token counts of {doc['samples']} samples "
@@ -73,7 +75,9 @@ def write_bucket_plots(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
     for i in range(len(aspects)):
         for j in range(len(tokens)):
             if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8)
+                dark = m[i, j] > 0.6 * m.max()
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
     ax.set_xticks(range(len(tokens)), tokens, rotation=30, ha="right")
     ax.set_yticks(range(len(aspects)), aspects)
     ax.set_xlabel("sample tokens")
