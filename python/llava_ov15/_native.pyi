@@ -57,3 +57,43 @@ class LengthCounter:
 def smart_resize(
     height: int, width: int, factor: int = 28, min_pixels: int = 3136, max_pixels: int = 2560000
 ) -> tuple[int, int]: ...
+
+def pack(
+    input: str,
+    output: str,
+    tokenizer: str,
+    *,
+    max_len: int = 8192,
+    max_image_tokens: int | None = None,
+    min_pixels: int = 3136,
+    max_pixels: int = 2560000,
+    prefix: str = "pack",
+    packs_per_shard: int = 1000,
+    shard_size: int = ...,
+    workers: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: str = "auto",
+) -> str:
+    """Pack built shards; returns the summary as JSON."""
+
+def buckets(
+    input: str,
+    output: str,
+    tokenizer: str,
+    *,
+    min_pixels: int = 3136,
+    max_pixels: int = 2560000,
+    workers: int = 0,
+    progress: str = "auto",
+) -> str:
+    """Write output/buckets.json; returns it as JSON."""
+
+def pack_lengths(
+    lengths: bytes,
+    max_len: int,
+    *,
+    image_tokens: bytes | None = None,
+    max_image_tokens: int | None = None,
+) -> dict[str, object]:
+    """Pack raw u32 LE lengths: {offsets (u64 LE), items (u32 LE), rejects, seconds, summary}."""

@@ -1,8 +1,8 @@
 """Python API of the Rust data engine (`llava-pack`).
 
-`build()` is the same code path as `llava-pack build`: both call the native engine, which
-releases the GIL and can be interrupted with Ctrl-C (the job stops at the next chunk and
-`resume=True` continues it).
+`build()`, `pack()` and `buckets()` are the same code paths as `llava-pack build|pack|buckets`:
+all call the native engine, which releases the GIL and can be interrupted with Ctrl-C (the job
+stops at the next chunk / sample and `resume=True` continues it).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any, Literal
 from llava_ov15 import _native
 from llava_ov15._native import InputError, OutputError, PackError, ResumeError
 
-__all__ = ["build", "PackError", "InputError", "OutputError", "ResumeError", "FORMAT_VERSION"]
+__all__ = ["build", "pack", "buckets", "PackError",
+           "InputError", "OutputError", "ResumeError", "FORMAT_VERSION"]
 
 FORMAT_VERSION: int = _native.FORMAT_VERSION
 
@@ -68,3 +69,70 @@ def build(
         progress=progress,
     )
     return json.loads(summary)
+
+
+def pack(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    tokenizer: str | os.PathLike[str],
+    *,
+    max_len: int = 8192,
+    max_image_tokens: int | None = None,
+    min_pixels: int = 3136,
+    max_pixels: int = 2_560_000,
+    prefix: str = "pack",
+    packs_per_shard: int = 1000,
+    shard_size: int = 1 << 30,
+    workers: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Literal["auto", "bar", "log", "quiet"] = "auto",
+) -> dict[str, Any]:
+    """Pack the shards of a `build` output directory into sequences of at most ``max_len``
+    tokens (and ``max_image_tokens`` image tokens per pack, if given).
+
+    Writes packed shards (one tar sample per pack), ``.tar.idx``, ``.nv-meta/``,
+    ``manifest.json``, ``pack_stats.json`` and ``rejects.jsonl``; returns the summary.
+    """
+    for name, value in (("max_len", max_len), ("packs_per_shard", packs_per_shard),
+                        ("shard_size", shard_size), ("workers", workers)):
+        if value < 0:
+            raise ValueError(f"{name} must not be negative, got {value}")
+    if max_image_tokens is not None and max_image_tokens <= 0:
+        raise ValueError(f"max_image_tokens must be positive, got {max_image_tokens}")
+    summary = _native.pack(
+        os.fspath(input), os.fspath(output), os.fspath(tokenizer), max_len=max_len,
+        max_image_tokens=max_image_tokens, min_pixels=min_pixels, max_pixels=max_pixels,
+        prefix=prefix, packs_per_shard=packs_per_shard, shard_size=shard_size, workers=workers,
+        resume=resume, overwrite=overwrite, progress=progress,
+    )
+    return json.loads(summary)
+
+
+def buckets(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    tokenizer: str | os.PathLike[str],
+    *,
+    min_pixels: int = 3136,
+    max_pixels: int = 2_560_000,
+    workers: int = 0,
+    plots: bool = True,
+    progress: Literal["auto", "bar", "log", "quiet"] = "auto",
+) -> dict[str, Any]:
+    """Aspect-ratio / native-size / token-count distribution of built shards.
+
+    Writes ``output/buckets.json`` and (``plots=True``, needs matplotlib) PNG histograms;
+    returns the buckets document.
+    """
+    if workers < 0:
+        raise ValueError(f"workers must not be negative, got {workers}")
+    doc = json.loads(_native.buckets(
+        os.fspath(input), os.fspath(output), os.fspath(tokenizer), min_pixels=min_pixels,
+        max_pixels=max_pixels, workers=workers, progress=progress,
+    ))
+    if plots:
+        from llava_ov15.plots import write_bucket_plots
+
+        doc["plots"] = [str(p) for p in write_bucket_plots(doc, output)]
+    return doc

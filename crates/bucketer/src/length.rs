@@ -107,7 +107,16 @@ pub struct LengthCounter {
     pub vision: VisionConfig,
     pub template: TemplateOptions,
     pub ids: SpecialIds,
+    /// Token counts of the template's constant texts (`"\n"`, `"user\n"`, the default system
+    /// turn …), when splitting them off is exact for this tokenizer (see [`Self::count_text`]).
+    constant: Option<std::collections::HashMap<String, u32>>,
 }
+
+/// The Qwen2 pre-tokenizer regex isolates a `\n` that is followed by a non-space character,
+/// and NFC never composes across it, so for such tokenizers
+/// `tokens(header + rest) == tokens(header) + tokens(rest)` when `header` ends in `\n` and
+/// `rest` starts with a non-whitespace character.
+const QWEN_PRETOKENIZER_MARK: [&str; 2] = [r"\\s*[\\r\\n]+", r"[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"];
 
 impl LengthCounter {
     pub fn from_file(
@@ -131,7 +140,30 @@ impl LengthCounter {
             vision_end: id("<|vision_end|>")?,
             image_pad: id("<|image_pad|>")?,
         };
+        let pre = serde_json::to_string(&tokenizer.get_pre_tokenizer()).unwrap_or_default();
+        let constant = QWEN_PRETOKENIZER_MARK
+            .iter()
+            .all(|m| pre.contains(m))
+            .then(|| {
+                let mut texts = vec!["\n".to_string()];
+                for role in ["system", "user", "assistant"] {
+                    texts.push(format!("{role}\n"));
+                }
+                if let Some(sys) = &template.system {
+                    texts.push(format!("system\n{sys}"));
+                }
+                texts
+                    .into_iter()
+                    .filter_map(|t| {
+                        Some((
+                            t.clone(),
+                            tokenizer.encode_fast(t.as_str(), false).ok()?.len() as u32,
+                        ))
+                    })
+                    .collect()
+            });
         Ok(LengthCounter {
+            constant,
             tokenizer,
             vision,
             template,
@@ -159,19 +191,41 @@ impl LengthCounter {
         Ok((template::render(&turns, &self.template), grids))
     }
 
+    /// Tokens of one text segment. Fast path (Qwen2-style tokenizers only): the template's
+    /// constant texts and `"{role}\n"` headers come from a table, so a typical sample costs
+    /// one tokenizer call per turn instead of several; exact by [`QWEN_PRETOKENIZER_MARK`]'s
+    /// argument and checked against transformers in `tests/test_lengths.py`.
+    fn count_text(&self, t: &str) -> Result<u32, LengthError> {
+        if let Some(table) = &self.constant {
+            if let Some(&n) = table.get(t) {
+                return Ok(n);
+            }
+            if let Some(nl) = t.find('\n') {
+                let (head, rest) = t.split_at(nl + 1);
+                let starts_solid = rest.chars().next().is_some_and(|c| !c.is_whitespace());
+                if let (Some(&n), true) = (table.get(head), starts_solid) {
+                    return Ok(n + self.encode_len(rest)?);
+                }
+            }
+        }
+        self.encode_len(t)
+    }
+
+    fn encode_len(&self, t: &str) -> Result<u32, LengthError> {
+        let enc = self
+            .tokenizer
+            .encode_fast(t, false)
+            .map_err(|e| LengthError::Encode(e.to_string()))?;
+        Ok(enc.len() as u32)
+    }
+
     /// Sequence length of a per-sample JSON document.
     pub fn sample_length(&self, sample: &Value) -> Result<SampleLength, LengthError> {
         let (rendered, grids) = self.render(sample)?;
         let (mut text, mut special, mut image) = (0u32, 0u32, 0u32);
         for seg in &rendered.segments {
             match seg {
-                Segment::Text { text: t, .. } => {
-                    let enc = self
-                        .tokenizer
-                        .encode_fast(t.as_str(), false)
-                        .map_err(|e| LengthError::Encode(e.to_string()))?;
-                    text += enc.len() as u32;
-                }
+                Segment::Text { text: t, .. } => text += self.count_text(t)?,
                 Segment::Special { .. } => special += 1,
                 Segment::ImagePads { image: i } => image += grids[*i].tokens,
             }

@@ -6,11 +6,15 @@
 //!   length computation and the training loader.
 //! - [`length`]: per-sample sequence lengths from a `tokenizer.json` and image sizes, without
 //!   decoding images.
+//! - [`pack`]: deterministic best-fit-decreasing sequence packing with an optional image-token
+//!   cap per pack.
 
 pub mod length;
+pub mod pack;
 pub mod resize;
 pub mod template;
 
 pub use length::{ImageGrid, LengthCounter, LengthError, SampleLength, VisionConfig};
+pub use pack::{pack, PackConfig, Packing, RejectReason};
 pub use resize::{smart_resize, ResizeError};
 pub use template::TemplateOptions;

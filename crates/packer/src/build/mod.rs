@@ -7,8 +7,8 @@
 
 mod options;
 mod process;
-mod progress;
-mod state;
+pub(crate) mod progress;
+pub(crate) mod state;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -245,7 +245,7 @@ fn prepare_output(opts: &BuildOptions, fingerprint: &serde_json::Value) -> Resul
 }
 
 /// Is `name` one of our shard files (`{prefix}-NNNNNN.tar[.idx|.partial]`)? Returns its number.
-fn shard_number(name: &str, prefix: &str) -> Option<u32> {
+pub(crate) fn shard_number(name: &str, prefix: &str) -> Option<u32> {
     let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
     let digits = rest.split('.').next()?;
     let tail = &rest[digits.len()..];

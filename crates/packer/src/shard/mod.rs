@@ -9,7 +9,7 @@
 
 mod energon;
 mod reader;
-mod tar_writer;
+pub(crate) mod tar_writer;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};

@@ -1,0 +1,199 @@
+//! `pack(...)`, `buckets(...)` and `pack_lengths(...)`: offline sequence packing.
+//! Jobs run on a worker thread so the calling thread keeps answering Ctrl-C (the job stops at
+//! the next sample, leaving a resumable checkpoint), as `build` does.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bucketer::pack::{pack as bfd, summarize, PackConfig};
+use packer::{BucketsOptions, PackOptions, Progress};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+fn parse_progress(s: &str) -> PyResult<Progress> {
+    match s {
+        "auto" => Ok(Progress::Auto),
+        "bar" => Ok(Progress::Bar),
+        "log" => Ok(Progress::Log),
+        "quiet" => Ok(Progress::Quiet),
+        _ => Err(PyValueError::new_err(format!(
+            "--progress must be auto, bar, log or quiet, not {s:?}"
+        ))),
+    }
+}
+
+/// Run `job` on its own thread with the GIL released; Ctrl-C sets the cancel flag.
+fn run_cancellable<T: Send + 'static>(
+    py: Python<'_>,
+    name: &str,
+    job: impl FnOnce(&AtomicBool) -> packer::Result<T> + Send + 'static,
+) -> PyResult<T> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let job_cancel = cancel.clone();
+    let handle = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(job(&job_cancel));
+        })
+        .map_err(|e| PyValueError::new_err(format!("cannot start {name} thread: {e}")))?;
+    let mut interrupted: Option<PyErr> = None;
+    let result = loop {
+        match py.detach(|| rx.recv_timeout(Duration::from_millis(100))) {
+            Ok(r) => break r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if interrupted.is_none() {
+                    if let Err(e) = py.check_signals() {
+                        cancel.store(true, Ordering::Relaxed);
+                        interrupted = Some(e);
+                    }
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(PyValueError::new_err(format!("{name} thread panicked")));
+            }
+        }
+    };
+    let _ = handle.join();
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    result.map_err(crate::to_py_err)
+}
+
+/// Pack built shards into fixed-capacity packed shards; returns the summary as JSON.
+#[pyfunction]
+#[pyo3(signature = (input, output, tokenizer, *, max_len=8192, max_image_tokens=None,
+    min_pixels=3136, max_pixels=2_560_000, prefix="pack".to_string(), packs_per_shard=1000,
+    shard_size=1u64 << 30, workers=0, resume=false, overwrite=false, progress="auto"))]
+#[allow(clippy::too_many_arguments)]
+fn pack(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    tokenizer: PathBuf,
+    max_len: u32,
+    max_image_tokens: Option<u32>,
+    min_pixels: u64,
+    max_pixels: u64,
+    prefix: String,
+    packs_per_shard: u64,
+    shard_size: u64,
+    workers: usize,
+    resume: bool,
+    overwrite: bool,
+    progress: &str,
+) -> PyResult<String> {
+    let mut o = PackOptions::new(input, output, tokenizer);
+    o.max_len = max_len;
+    o.max_image_tokens = max_image_tokens;
+    o.min_pixels = min_pixels;
+    o.max_pixels = max_pixels;
+    o.prefix = prefix;
+    o.packs_per_shard = packs_per_shard;
+    o.shard_size = shard_size;
+    o.workers = workers;
+    o.resume = resume;
+    o.overwrite = overwrite;
+    o.progress = parse_progress(progress)?;
+    o.validate().map_err(crate::to_py_err)?;
+    let s = run_cancellable(py, "llava-pack-pack", move |c| packer::pack(&o, c))?;
+    Ok(serde_json::to_string(&s).expect("summary serialises"))
+}
+
+/// Token-length / resolution distribution and buckets; writes `output/buckets.json` and
+/// returns its content as JSON.
+#[pyfunction]
+#[pyo3(signature = (input, output, tokenizer, *, min_pixels=3136, max_pixels=2_560_000,
+    workers=0, progress="auto"))]
+#[allow(clippy::too_many_arguments)]
+fn buckets(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    tokenizer: PathBuf,
+    min_pixels: u64,
+    max_pixels: u64,
+    workers: usize,
+    progress: &str,
+) -> PyResult<String> {
+    let o = BucketsOptions {
+        input,
+        output,
+        tokenizer,
+        min_pixels,
+        max_pixels,
+        workers,
+        progress: parse_progress(progress)?,
+    };
+    let v = run_cancellable(py, "llava-pack-buckets", move |c| packer::buckets(&o, c))?;
+    Ok(serde_json::to_string(&v).expect("json"))
+}
+
+fn u32s(b: &[u8], what: &str) -> PyResult<Vec<u32>> {
+    if b.len() % 4 != 0 {
+        return Err(PyValueError::new_err(format!(
+            "{what}: length is not a multiple of 4"
+        )));
+    }
+    Ok(b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect())
+}
+
+/// Pack raw lengths (little-endian u32 bytes, e.g. `np.uint32` array `.tobytes()`).
+/// Returns `{offsets, items, rejects, seconds, summary}`: `offsets` (u64 LE bytes) and `items`
+/// (u32 LE bytes) are the packs in CSR form; `seconds` times the packer alone.
+#[pyfunction]
+#[pyo3(signature = (lengths, max_len, *, image_tokens=None, max_image_tokens=None))]
+fn pack_lengths<'py>(
+    py: Python<'py>,
+    lengths: &[u8],
+    max_len: u32,
+    image_tokens: Option<&[u8]>,
+    max_image_tokens: Option<u32>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let l = u32s(lengths, "lengths")?;
+    let im = image_tokens.map(|b| u32s(b, "image_tokens")).transpose()?;
+    if im.as_ref().is_some_and(|v| v.len() != l.len()) {
+        return Err(PyValueError::new_err(
+            "image_tokens must have one entry per length",
+        ));
+    }
+    if max_len == 0 {
+        return Err(PyValueError::new_err("max_len must be positive"));
+    }
+    let cfg = PackConfig {
+        max_len,
+        max_image_tokens,
+    };
+    let (p, secs) = py.detach(|| {
+        let t = Instant::now();
+        let p = bfd(&l, im.as_deref(), &cfg);
+        (p, t.elapsed().as_secs_f64())
+    });
+    let s = summarize(&l, &p, max_len);
+    let d = PyDict::new(py);
+    let offs: Vec<u8> = p
+        .offsets
+        .iter()
+        .flat_map(|&o| (o as u64).to_le_bytes())
+        .collect();
+    let items: Vec<u8> = p.items.iter().flat_map(|&i| i.to_le_bytes()).collect();
+    d.set_item("offsets", PyBytes::new(py, &offs))?;
+    d.set_item("items", PyBytes::new(py, &items))?;
+    let rejects: Vec<(u32, String)> = p.rejects.iter().map(|(i, r)| (*i, r.to_string())).collect();
+    d.set_item("rejects", rejects)?;
+    d.set_item("seconds", secs)?;
+    d.set_item("summary", serde_json::to_string(&s).expect("json"))?;
+    Ok(d)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(pack, m)?)?;
+    m.add_function(wrap_pyfunction!(buckets, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_lengths, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! The pack job: output directory checks, checkpoints, the passes and the final artifacts.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::layout::{layout, Corpus, Plan};
+use super::write::{copy_source_shard, partial_path, write_skeletons};
+use super::{length_counter, scan_all, source_shards, PackOptions, PackSummary};
+use crate::build::progress::{Counters, Reporter};
+use crate::build::shard_number;
+use crate::build::state::write_atomic;
+use crate::build::Progress;
+use crate::error::{PackError, Result};
+use crate::shard::{write_energon_meta, ShardInfo};
+use bucketer::pack::{pack as bfd, summarize, PackConfig};
+
+/// Written atomically under `output/.llava-pack/` after the skeleton and each source shard.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    format_version: u32,
+    skeleton: bool,
+    /// Source shards (by index) whose bytes are all in place and fsynced.
+    done: Vec<bool>,
+    complete: bool,
+}
+
+struct State {
+    dir: PathBuf,
+}
+
+impl State {
+    fn job(&self) -> PathBuf {
+        self.dir.join("job.json")
+    }
+    fn ckpt(&self) -> PathBuf {
+        self.dir.join("checkpoint.json")
+    }
+    fn save(&self, c: &Checkpoint) -> Result<()> {
+        let p = self.ckpt();
+        write_atomic(&p, &serde_json::to_vec_pretty(c).unwrap())
+            .map_err(|e| PackError::output(p, e))
+    }
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn log(opts: &PackOptions, msg: &str) {
+    if opts.progress != Progress::Quiet {
+        eprintln!("{msg}");
+    }
+}
+
+/// Everything that determines the output bytes (not workers or progress).
+fn fingerprint(opts: &PackOptions, shards: &[PathBuf]) -> Result<Value> {
+    let files: Vec<Value> = shards
+        .iter()
+        .map(|p| {
+            let n = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            json!({"name": p.file_name().unwrap().to_string_lossy(), "bytes": n})
+        })
+        .collect();
+    let tok = sha256_file(&opts.tokenizer).map_err(|e| PackError::input(&opts.tokenizer, e))?;
+    Ok(json!({
+        "format_version": crate::FORMAT_VERSION,
+        "kind": "pack",
+        "input": opts.input.display().to_string(),
+        "input_shards": files,
+        "tokenizer_sha256": tok,
+        "max_len": opts.max_len,
+        "max_image_tokens": opts.max_image_tokens,
+        "min_pixels": opts.min_pixels,
+        "max_pixels": opts.max_pixels,
+        "prefix": opts.prefix,
+        "packs_per_shard": opts.packs_per_shard,
+        "shard_size": opts.shard_size,
+    }))
+}
+
+const ARTIFACTS: [&str; 3] = ["manifest.json", "pack_stats.json", "rejects.jsonl"];
+
+/// Validate / create the output directory; the checkpoint to continue from.
+fn prepare(opts: &PackOptions, st: &State, fp: &Value) -> Result<Checkpoint> {
+    let out = &opts.output;
+    if out.exists() && !out.is_dir() {
+        return Err(PackError::output(out, "exists and is not a directory"));
+    }
+    let has_job = st.job().exists();
+    let non_empty = out.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| PackError::output(out, e))?
+            .next()
+            .is_some();
+    if opts.resume && has_job {
+        let prev: Option<Value> = std::fs::read(st.job())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if prev.as_ref() != Some(fp) {
+            return Err(PackError::Resume(format!(
+                "{} was packed from different input or options; rerun with the same ones or use --overwrite",
+                out.display()
+            )));
+        }
+        return match std::fs::read(st.ckpt()) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| PackError::Resume(format!("corrupt checkpoint: {e}"))),
+            Err(_) => Ok(Checkpoint::default()),
+        };
+    }
+    if opts.overwrite && has_job {
+        for e in std::fs::read_dir(out).map_err(|e| PackError::output(out, e))? {
+            let e = e.map_err(|e| PackError::output(out, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if shard_number(&name, &opts.prefix).is_some() || ARTIFACTS.contains(&name.as_str()) {
+                std::fs::remove_file(e.path()).map_err(|err| PackError::output(e.path(), err))?;
+            }
+        }
+        for d in [".llava-pack", ".nv-meta"] {
+            let p = out.join(d);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|e| PackError::output(&p, e))?;
+            }
+        }
+    } else if has_job {
+        return Err(PackError::output(out, "holds a previous llava-pack job; pass --resume to continue it or --overwrite to replace it"));
+    } else if non_empty {
+        return Err(PackError::output(
+            out,
+            "is not empty and holds no llava-pack job; choose an empty directory",
+        ));
+    }
+    std::fs::create_dir_all(&st.dir).map_err(|e| PackError::output(&st.dir, e))?;
+    write_atomic(&st.job(), &serde_json::to_vec_pretty(fp).unwrap())
+        .map_err(|e| PackError::output(st.job(), e))?;
+    Ok(Checkpoint::default())
+}
+
+pub fn pack(opts: &PackOptions, cancel: &AtomicBool) -> Result<PackSummary> {
+    opts.validate()?;
+    let started = Instant::now();
+    let sources = source_shards(&opts.input)?;
+    let fp = fingerprint(opts, &sources)?;
+    let st = State {
+        dir: opts.output.join(".llava-pack"),
+    };
+    let mut ckpt = prepare(opts, &st, &fp)?;
+    if ckpt.complete {
+        log(
+            opts,
+            &format!("llava-pack: {} is already complete", opts.output.display()),
+        );
+        return summary_from_disk(opts, started);
+    }
+    let counter = length_counter(&opts.tokenizer, opts.min_pixels, opts.max_pixels)?;
+    let workers = opts.worker_count();
+    let total_bytes: u64 = sources
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+
+    // Pass 1.
+    log(
+        opts,
+        &format!("llava-pack: measuring {} source shards", sources.len()),
+    );
+    let counters = Arc::new(Counters::default());
+    let reporter = Reporter::start(opts.progress, counters.clone(), Some(total_bytes));
+    let t1 = Instant::now();
+    let scans = scan_all(&sources, &counter, workers, &counters, cancel);
+    reporter.stop();
+    let scans = scans?;
+    let t_scan = t1.elapsed().as_secs_f64();
+
+    // Plan.
+    let corpus = Corpus::new(&scans);
+    let mut lengths = Vec::with_capacity(corpus.len());
+    let mut img_tokens = Vec::with_capacity(corpus.len());
+    let mut errors: Vec<(usize, String)> = Vec::new();
+    for (k, s) in scans.iter().enumerate() {
+        for (j, m) in s.samples.iter().enumerate() {
+            // A sample that cannot be measured is rejected before packing: give it a length
+            // no pack accepts and record the real reason separately.
+            lengths.push(if m.error.is_some() {
+                u32::MAX
+            } else {
+                m.length
+            });
+            img_tokens.push(m.image_tokens());
+            if let Some(e) = &m.error {
+                errors.push((corpus.starts[k] + j, e.clone()));
+            }
+        }
+    }
+    let cfg = PackConfig {
+        max_len: opts.max_len,
+        max_image_tokens: opts.max_image_tokens,
+    };
+    let t0 = Instant::now();
+    let packing = bfd(&lengths, Some(&img_tokens), &cfg);
+    let t_pack = t0.elapsed().as_secs_f64();
+    let plan = layout(
+        &corpus,
+        packing,
+        opts.max_len,
+        &opts.prefix,
+        opts.packs_per_shard,
+        opts.shard_size,
+    );
+    let mut placed = vec![false; corpus.len()];
+    for &g in &plan.packing.items {
+        placed[g as usize] = true;
+    }
+
+    // Skeleton + pass 2.
+    if ckpt.done.len() != sources.len() {
+        ckpt = Checkpoint {
+            format_version: crate::FORMAT_VERSION,
+            done: vec![false; sources.len()],
+            ..Default::default()
+        };
+    }
+    if !ckpt.skeleton {
+        write_skeletons(&opts.output, &corpus, &plan, opts.max_len)
+            .map_err(|e| PackError::output(&opts.output, e))?;
+        ckpt.skeleton = true;
+        st.save(&ckpt)?;
+    }
+    let resumed = ckpt.done.iter().filter(|&&d| d).count() as u64;
+    if resumed > 0 {
+        log(
+            opts,
+            &format!(
+                "llava-pack: resuming, {resumed} of {} source shards already copied",
+                sources.len()
+            ),
+        );
+    }
+    let counters = Arc::new(Counters::default());
+    let reporter = Reporter::start(opts.progress, counters.clone(), Some(total_bytes));
+    let todo: Vec<usize> = (0..sources.len()).filter(|&k| !ckpt.done[k]).collect();
+    let shared = Mutex::new(ckpt);
+    let copy = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .map_err(|e| PackError::InvalidOption(format!("--workers: {e}")))?
+        .install(|| {
+            todo.par_iter().try_for_each(|&k| -> Result<()> {
+                let n = copy_source_shard(
+                    &sources[k],
+                    k,
+                    &corpus,
+                    &plan,
+                    &placed,
+                    &opts.output,
+                    cancel,
+                )
+                .map_err(|e| {
+                    PackError::output(&opts.output, format!("{}: {e}", sources[k].display()))
+                })?
+                .ok_or(PackError::Cancelled)?;
+                let mut c = shared.lock().unwrap();
+                c.done[k] = true;
+                st.save(&c)?;
+                counters
+                    .records
+                    .fetch_add(scans[k].samples.len() as u64, Ordering::Relaxed);
+                counters.samples.fetch_add(n, Ordering::Relaxed);
+                counters.shards.fetch_add(1, Ordering::Relaxed);
+                counters.bytes.fetch_add(scans[k].bytes, Ordering::Relaxed);
+                Ok(())
+            })
+        });
+    reporter.stop();
+    copy?;
+    let mut ckpt = shared.into_inner().unwrap();
+    let t_copy = t1.elapsed().as_secs_f64() - t_scan - t_pack;
+
+    let timings = json!({"scan_seconds": t_scan, "pack_seconds": t_pack, "copy_seconds": t_copy,
+        "samples_per_second_scan": corpus.len() as f64 / t_scan.max(1e-9), "workers": workers});
+    finalize(
+        opts,
+        &fp,
+        &corpus,
+        &plan,
+        &lengths,
+        &img_tokens,
+        &errors,
+        timings,
+    )?;
+    ckpt.complete = true;
+    st.save(&ckpt)?;
+    let s = summary_from_disk(opts, started)?;
+    log(
+        opts,
+        &format!(
+            "llava-pack: {} samples → {} packs in {} shards, {} rejects, {:.1}s",
+            s.samples, s.packs, s.shards, s.rejects, s.seconds
+        ),
+    );
+    Ok(PackSummary {
+        resumed_shards: resumed,
+        ..s
+    })
+}
+
+fn summary_from_disk(opts: &PackOptions, started: Instant) -> Result<PackSummary> {
+    let read = |n: &str| -> Result<Value> {
+        let p = opts.output.join(n);
+        let b = std::fs::read(&p).map_err(|e| PackError::output(&p, e))?;
+        serde_json::from_slice(&b).map_err(|e| PackError::output(&p, e))
+    };
+    let m = read("manifest.json")?;
+    let stats = read("pack_stats.json")?;
+    let t = &m["totals"];
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    Ok(PackSummary {
+        samples: u(&t["samples"]),
+        packs: u(&t["packs"]),
+        rejects: u(&t["rejects"]),
+        shards: u(&t["shards"]),
+        bytes: u(&t["bytes"]),
+        seconds: started.elapsed().as_secs_f64(),
+        resumed_shards: 0,
+        output: opts.output.clone(),
+        stats,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finalize(
+    opts: &PackOptions,
+    fp: &Value,
+    corpus: &Corpus<'_>,
+    plan: &Plan,
+    lengths: &[u32],
+    img_tokens: &[u32],
+    errors: &[(usize, String)],
+    timings: Value,
+) -> Result<()> {
+    let out = &opts.output;
+    let oerr = |p: &Path, e: std::io::Error| PackError::output(p, e);
+    // Shards: fsync, hash, index, rename. Idempotent, so a crash in here is redone on resume.
+    let mut infos = Vec::with_capacity(plan.shards.len());
+    for sh in &plan.shards {
+        let fin = out.join(&sh.name);
+        let part = partial_path(out, &sh.name);
+        if part.exists() {
+            std::fs::File::open(&part)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| oerr(&part, e))?;
+            let idx: Vec<u8> = sh.offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+            let ip = out.join(format!("{}.idx", sh.name));
+            write_atomic(&ip, &idx).map_err(|e| oerr(&ip, e))?;
+            std::fs::rename(&part, &fin).map_err(|e| oerr(&fin, e))?;
+        }
+        let sha256 = sha256_file(&fin).map_err(|e| oerr(&fin, e))?;
+        infos.push(ShardInfo {
+            name: sh.name.clone(),
+            samples: sh.offsets.len() as u64 - 1,
+            bytes: sh.bytes,
+            sha256,
+        });
+    }
+    crate::shard::sync_dir(out).map_err(|e| oerr(out, e))?;
+    if !infos.is_empty() {
+        write_energon_meta(out, &infos).map_err(|e| oerr(&out.join(".nv-meta"), e))?;
+    }
+
+    // rejects.jsonl in corpus order: measurement errors and packer rejects.
+    let mut rejects: Vec<(usize, String, &str)> = errors
+        .iter()
+        .map(|(g, e)| (*g, e.clone(), "invalid sample"))
+        .collect();
+    for (g, r) in &plan.packing.rejects {
+        if lengths[*g as usize] != u32::MAX {
+            rejects.push((*g as usize, r.to_string(), r.category()));
+        }
+    }
+    rejects.sort_by_key(|r| r.0);
+    let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for (g, reason, cat) in &rejects {
+        let (k, m) = corpus.get(*g);
+        *by_reason.entry(cat).or_default() += 1;
+        let length = (m.error.is_none()).then_some(m.length);
+        let line = json!({"source_shard": corpus.shards[k].name, "key": m.key, "length": length, "reason": reason});
+        lines.extend_from_slice(serde_json::to_string(&line).unwrap().as_bytes());
+        lines.push(b'\n');
+    }
+    let p = out.join("rejects.jsonl");
+    write_atomic(&p, &lines).map_err(|e| oerr(&p, e))?;
+
+    // pack_stats.json
+    let s = summarize(lengths, &plan.packing, opts.max_len);
+    let mut items_hist: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut vis_hist: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut vis_total = 0u64;
+    for items in plan.packing.iter() {
+        *items_hist.entry(items.len()).or_default() += 1;
+        let v: u64 = items.iter().map(|&g| img_tokens[g as usize] as u64).sum();
+        vis_total += v;
+        *vis_hist.entry(v / 1024).or_default() += 1;
+    }
+    let vis: Vec<Value> = vis_hist
+        .iter()
+        .map(|(b, n)| json!({"image_tokens": format!("[{}, {})", b * 1024, (b + 1) * 1024), "packs": n}))
+        .collect();
+    let stats = json!({
+        "max_len": opts.max_len,
+        "max_image_tokens": opts.max_image_tokens,
+        "source_samples": corpus.len(),
+        "packs": s.packs,
+        "samples": s.samples,
+        "rejects": rejects.len(),
+        "rejects_by_reason": by_reason,
+        "total_tokens": s.total_tokens,
+        "image_tokens": vis_total,
+        "lower_bound": s.lower_bound,
+        "fill_efficiency": s.fill_efficiency,
+        "mean_fill": s.mean_fill,
+        "packs_under_90_percent": s.packs_under_90,
+        "items_per_pack": items_hist.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "mean_items_per_pack": s.samples as f64 / (s.packs.max(1)) as f64,
+        "image_tokens_per_pack": vis,
+        "throughput": timings,
+    });
+    let p = out.join("pack_stats.json");
+    write_atomic(&p, &serde_json::to_vec_pretty(&stats).unwrap()).map_err(|e| oerr(&p, e))?;
+
+    let manifest = json!({
+        "format_version": crate::FORMAT_VERSION,
+        "kind": "packed",
+        "tool": format!("llava-pack {}", env!("CARGO_PKG_VERSION")),
+        "shards": infos,
+        "totals": {
+            "shards": infos.len(),
+            "packs": s.packs,
+            "samples": s.samples,
+            "rejects": rejects.len(),
+            "tokens": s.total_tokens,
+            "bytes": infos.iter().map(|i| i.bytes).sum::<u64>(),
+        },
+        "options": fp,
+    });
+    let p = out.join("manifest.json");
+    write_atomic(&p, &serde_json::to_vec_pretty(&manifest).unwrap()).map_err(|e| oerr(&p, e))
+}
