@@ -19,6 +19,7 @@ pub mod build;
 pub mod error;
 pub mod image;
 pub mod input;
+pub mod reader;
 pub mod shard;
 
 pub use build::{build, BuildOptions, BuildSummary, DedupMode, Progress};

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use energon::{write_energon_meta, ENERGON_VERSION};
 pub use reader::{read_index, read_samples};
+pub(crate) use reader::{check_safe_name, split_member_name};
 
 use tar_writer::{check_key, check_suffix, HashingWriter};
 
