@@ -6,11 +6,14 @@
 //!   length computation and the training loader.
 //! - [`length`]: per-sample sequence lengths from a `tokenizer.json` and image sizes, without
 //!   decoding images.
+//! - [`tokenize`]: `input_ids` + `labels` of a sample from the same segments (training loader).
 
 pub mod length;
 pub mod resize;
 pub mod template;
+pub mod tokenize;
 
 pub use length::{ImageGrid, LengthCounter, LengthError, SampleLength, VisionConfig};
 pub use resize::{smart_resize, ResizeError};
 pub use template::TemplateOptions;
+pub use tokenize::{Tokenized, IGNORE};
