@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod build;
 mod image;
 mod lengths;
+mod loader;
 
 pyo3::create_exception!(
     _native,
@@ -57,5 +58,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     build::register(m)?;
     lengths::register(m)?;
     image::register(m)?;
+    loader::register(m)?;
     Ok(())
 }
