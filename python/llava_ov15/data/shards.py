@@ -109,10 +109,7 @@ class ShardDataset(_Base, torch.utils.data.Dataset):
 
 def epoch_stream(shard_lengths: list[int], seed: int, epoch: int) -> list[tuple[int, int]]:
     """The epoch's shard order as `(first global index, length)` runs."""
-    starts, s = [], 0
-    for n in shard_lengths:
-        starts.append(s)
-        s += n
+    starts = _starts(shard_lengths)
     order = list(range(len(shard_lengths)))
     random.Random(f"llava-ov15 shards {seed} {epoch}").shuffle(order)
     return [(starts[i], shard_lengths[i]) for i in order if shard_lengths[i]]
@@ -153,6 +150,20 @@ def buffer_shuffle(items: Iterator[int], size: int, rng: random.Random) -> Itera
     yield from buf
 
 
+def stream_indices(lengths: list[int], consumer: int, consumers: int, *, seed: int = 0,
+                   epoch: int = 0, shuffle: bool = True, buffer_size: int = 1000) -> Iterator[int]:
+    """Global sample indices consumer `consumer` of `consumers` yields in epoch `epoch`."""
+    if shuffle:
+        runs = epoch_stream(lengths, seed, epoch)
+    else:
+        runs = [(s, n) for s, n in zip(_starts(lengths), lengths, strict=True) if n]
+    chunk = consumer_chunk(runs, consumer, consumers)
+    if not shuffle:
+        return chunk
+    rng = random.Random(f"llava-ov15 buffer {seed} {epoch} {consumer} {consumers}")
+    return buffer_shuffle(chunk, buffer_size, rng)
+
+
 class ShardIterable(_Base, IterableDataset):
     """Training stream; see the module docstring for order, sharding and resume."""
 
@@ -175,17 +186,9 @@ class ShardIterable(_Base, IterableDataset):
 
     def indices(self, worker: int = 0, num_workers: int = 1) -> Iterator[int]:
         """This rank's `worker`'s sample indices for the current epoch, in yield order."""
-        consumers = self.world_size * num_workers
-        consumer = self.rank * num_workers + worker
-        if self.shuffle:
-            runs = epoch_stream(self.lengths, self.seed, self.epoch)
-        else:
-            runs = [(s, n) for s, n in zip(_starts(self.lengths), self.lengths, strict=True) if n]
-        chunk = consumer_chunk(runs, consumer, consumers)
-        if not self.shuffle:
-            return chunk
-        rng = random.Random(f"llava-ov15 buffer {self.seed} {self.epoch} {consumer} {consumers}")
-        return buffer_shuffle(chunk, self.buffer_size, rng)
+        return stream_indices(self.lengths, self.rank * num_workers + worker,
+                              self.world_size * num_workers, seed=self.seed, epoch=self.epoch,
+                              shuffle=self.shuffle, buffer_size=self.buffer_size)
 
     def worker_length(self, worker: int, num_workers: int) -> int:
         consumers = self.world_size * num_workers

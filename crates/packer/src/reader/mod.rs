@@ -335,9 +335,9 @@ impl ShardSet {
                     .get("member")
                     .and_then(Value::as_str)
                     .ok_or_else(|| missing(im.to_string()))?;
-                let s = name
-                    .strip_prefix(&prefix)
-                    .ok_or_else(|| missing(name.to_string()))?;
+                // `llava-pack build` records the suffix (`img0.jpg`); a full member name
+                // (`{key}.img0.jpg`, as docs/format.md §3 words it) is accepted too.
+                let s = name.strip_prefix(&prefix).unwrap_or(name);
                 suffixes.push(s.to_string());
             }
         }
