@@ -6,10 +6,11 @@ import gc
 import json
 
 import numpy as np
-from loader_fixtures import member_suffix, tar_members
+import pytest
 
 from llava_ov15 import _native
 from llava_ov15.data import ShardDataset
+from loader_fixtures import member_suffix, tar_members
 
 
 def _expected(plain_shards):
@@ -62,7 +63,7 @@ def test_map_style_dataset(plain_shards):
     ds = ShardDataset(plain_shards)
     assert len(ds) == len(_native.ShardReader(str(plain_shards)))
     assert ds[-1]["key"] == ds[len(ds) - 1]["key"]
-    import pytest
+
 
     with pytest.raises(IndexError):
         ds[len(ds)]

@@ -16,7 +16,8 @@ The shuffle runs over sample *indices*, so skipping ahead on resume reads no dat
 Resume: `ShardLoader` (a `DataLoader`) counts the batches it handed out; its `state_dict()`
 records that count, and `load_state_dict()` derives how many items each worker had produced
 (PyTorch's in-order loader takes batches from workers round-robin, skipping exhausted ones),
-so the resumed stream is exactly the rest of the uninterrupted one. Restoring requires the
+and which worker was next (the restored loader's workers are rotated to start there), so the
+resumed stream is exactly the rest of the uninterrupted one. Restoring requires the
 same `world_size`, `num_workers`, `batch_size`, `seed` and data; a mismatch is a `ValueError`.
 Iterating a `ShardIterable` directly (no workers) is resumable through its own `state_dict()`.
 Exact resume assumes no sample was skipped (`skip_errors`) before the saved position, and
@@ -180,9 +181,10 @@ class ShardIterable(_Base, IterableDataset):
         self.lengths = list(self.reader.shard_lengths)
         self._skip: dict[int, int] = {}  # worker id -> items to skip (set by a restore)
         self._consumed = 0  # items yielded by in-process (no-worker) iteration this epoch
+        self._rotation = 0  # worker w serves stream (w + rotation) % num_workers (restores)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._skip, self._consumed = epoch, {}, 0
+        self.epoch, self._skip, self._consumed, self._rotation = epoch, {}, 0, 0
 
     def indices(self, worker: int = 0, num_workers: int = 1) -> Iterator[int]:
         """This rank's `worker`'s sample indices for the current epoch, in yield order."""
@@ -197,6 +199,7 @@ class ShardIterable(_Base, IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = (worker + self._rotation) % num_workers
         skip = self._skip.get(worker, 0)
         it = self.indices(worker, num_workers)
         for _ in range(skip):
@@ -239,12 +242,13 @@ def _starts(lengths: list[int]) -> list[int]:
     return out
 
 
-def items_per_worker(lengths: list[int], batch_size: int, batches: int) -> list[int]:
-    """Items each worker had produced after the in-order loader yielded `batches` batches:
-    batches come round-robin from workers, skipping workers that have run out."""
+def items_per_worker(lengths: list[int], batch_size: int, batches: int) -> tuple[list[int], int]:
+    """Items each worker had produced after the in-order loader yielded `batches` batches
+    (batches come round-robin from workers, skipping workers that have run out), and the
+    worker the next batch would have come from."""
     per = [-(-n // batch_size) for n in lengths]  # batches each worker produces
     taken = [0] * len(lengths)
-    left = batches
+    left, last = batches, -1
     while left > 0:
         active = [w for w, p in enumerate(per) if taken[w] < p]
         if not active:
@@ -254,11 +258,14 @@ def items_per_worker(lengths: list[int], batch_size: int, batches: int) -> list[
             for w in active:
                 taken[w] += rounds
             left -= rounds * len(active)
+            last = active[-1]
             continue
         for w in active[:left]:
             taken[w] += 1
-        left = 0
-    return [min(n, t * batch_size) for n, t in zip(lengths, taken, strict=True)]
+        last, left = active[left - 1], 0
+    n = len(lengths)
+    nxt = next((w % n for w in range(last + 1, last + 1 + n) if taken[w % n] < per[w % n]), 0)
+    return [min(n, t * batch_size) for n, t in zip(lengths, taken, strict=True)], nxt
 
 
 class ShardLoader(DataLoader):
@@ -276,7 +283,7 @@ class ShardLoader(DataLoader):
         for batch in super().__iter__():
             self._batches += 1
             yield batch
-        self.dataset._skip, self._restored = {}, 0
+        self.dataset._skip, self.dataset._rotation, self._restored = {}, 0, 0
 
     def _resumed_batches(self) -> int:
         return getattr(self, "_restored", 0)
@@ -293,6 +300,8 @@ class ShardLoader(DataLoader):
         ds.epoch = state["epoch"]
         workers = max(1, self.num_workers)
         lengths = [ds.worker_length(w, workers) for w in range(workers)]
-        done = items_per_worker(lengths, self.batch_size or 1, state["batches"])
-        ds._skip = dict(enumerate(done))
+        done, nxt = items_per_worker(lengths, self.batch_size or 1, state["batches"])
+        # The loader restarts its round-robin at worker 0: rotate the streams so that
+        # worker 0 serves the stream the next batch would have come from.
+        ds._skip, ds._rotation = dict(enumerate(done)), nxt
         self._restored = self._batches = state["batches"]
