@@ -91,7 +91,7 @@ def write_packed(plain: Path, out: Path, tokenizer: Path, max_len: int = 4096,
         for shard, key, doc, md, length in pk:
             ims = []
             for im in doc.get("images", []):
-                ext = im["member"].rsplit(".", 1)[1]
+                ext = im["member"].rsplit(".", 1)[-1]
                 members.append((f"img{i}.{ext}", md[member_suffix(key, im["member"])]))
                 ims.append(f"img{i}.{ext}")
                 i += 1
