@@ -165,7 +165,8 @@ def test_sample_processor_and_padded_collation(plain_shards, qwen_tokenizer):
     for i, it in enumerate(items):
         k = len(it["input_ids"])
         assert b["attention_mask"][i].sum() == k
-        assert (b["labels"][i, k:] == -100).all() and (b["input_ids"][i, :k] == it["input_ids"]).all()
+        assert (b["labels"][i, k:] == -100).all()
+        assert (b["input_ids"][i, :k] == it["input_ids"]).all()
     assert len(b["pixel_values"]) == sum(len(it["pixel_values"]) for it in items)
 
 
@@ -188,8 +189,9 @@ def test_packed_rows(packed_shards, qwen_tokenizer):
         doc = json.loads(s["json"])
         item = proc(s)
         assert item["seq_lens"] == [sub["length"] for sub in doc["samples"]]
-        assert item["seq_lens"] == [counter.sample_length(json.dumps(sub["sample"]).encode())["total"]
-                                    for sub in doc["samples"]]
+        totals = [counter.sample_length(json.dumps(sub["sample"]).encode())["total"]
+                  for sub in doc["samples"]]
+        assert item["seq_lens"] == totals
         row = collate_packed([item])
         lens = item["seq_lens"]
         multi += len(lens) > 1
