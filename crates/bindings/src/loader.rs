@@ -22,8 +22,9 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use rayon::prelude::*;
 use serde_json::Value;
 
+// Full module path so the class pickles (DataLoader workers send exceptions to the parent).
 pyo3::create_exception!(
-    _native,
+    llava_ov15._native,
     ShardError,
     pyo3::exceptions::PyValueError,
     "A shard, its index or one of its samples is unreadable (the message names shard and offset)."
