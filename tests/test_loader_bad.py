@@ -105,7 +105,8 @@ def test_missing_member(tmp_path, photo_jpeg):
                ("b", [("json", _doc("b", [("img0.jpg", 320, 256)]))]),
                ("c", [("json", _doc("c"))])])
     write_manifest(out)
-    with pytest.raises(ShardError, match=r'shard-000000\.tar @ offset \d+: sample "b" has no member'):
+    msg = r'shard-000000\.tar @ offset \d+: sample "b" has no member'
+    with pytest.raises(ShardError, match=msg):
         _all(out)
     keys = [s["key"] for s in _all(out, skip_errors=True)]
     assert keys == ["a", "c"]

@@ -296,11 +296,7 @@ impl SampleTokenizer {
     /// Tokenise a per-sample json document (or a pack: each sub-sample's `sample`, whose
     /// recorded `length` must match). Returns `(input_ids int64, labels int64, seq_lens,
     /// image_tokens)`; `seq_lens` has one entry per (sub-)sample.
-    fn tokenize<'py>(
-        &self,
-        py: Python<'py>,
-        doc: &[u8],
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Vec<u32>, Vec<u32>)> {
+    fn tokenize<'py>(&self, py: Python<'py>, doc: &[u8]) -> PyResult<PyTokenized<'py>> {
         let (ids, labels, lens, toks) = py
             .detach(|| self.tokenize_doc(doc))
             .map_err(PyValueError::new_err)?;
@@ -313,6 +309,8 @@ impl SampleTokenizer {
     }
 }
 
+/// `(input_ids, labels, seq_lens, image_tokens)` as handed to Python.
+type PyTokenized<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Vec<u32>, Vec<u32>);
 type TokenizedDoc = (Vec<i64>, Vec<i64>, Vec<u32>, Vec<u32>);
 
 impl SampleTokenizer {

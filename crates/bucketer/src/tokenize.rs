@@ -52,8 +52,8 @@ impl LengthCounter {
                 }
                 Segment::ImagePads { image } => {
                     let n = grids[*image].tokens as usize;
-                    ids.extend(std::iter::repeat_n(self.ids.image_pad, n));
-                    labels.extend(std::iter::repeat_n(IGNORE, n));
+                    ids.resize(ids.len() + n, self.ids.image_pad);
+                    labels.resize(labels.len() + n, IGNORE);
                 }
             }
         }

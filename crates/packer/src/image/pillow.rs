@@ -235,8 +235,12 @@ fn resample<const N: usize>(
             for (xx, o) in out_row.chunks_exact_mut(N).enumerate() {
                 let (xmin, xmax) = horiz.bounds[xx];
                 let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + xmax];
+                let px = &in_row[xmin * N..(xmin + xmax) * N];
                 let mut ss = [1i32 << (PRECISION_BITS - 1); N];
-                for (p, c) in in_row[xmin * N..(xmin + xmax) * N].chunks_exact(N).zip(k) {
+                // Index loop over one bounds-checked slice: the compiler drops the checks and
+                // keeps the N accumulators in registers (this pass dominates the resize).
+                for (j, c) in k.iter().enumerate() {
+                    let p = &px[j * N..j * N + N];
                     for b in 0..N {
                         ss[b] = ss[b].wrapping_add((p[b] as i32).wrapping_mul(*c));
                     }

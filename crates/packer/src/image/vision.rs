@@ -18,9 +18,12 @@ use image::DynamicImage;
 use super::pillow::{resize_interleaved, Filter, Rgb};
 use super::{decode, jpeg, probe, ImageError, ImageFormat, ImageResult, Limits};
 
-/// CLIP normalisation constants (`OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`), as f32 like numpy's.
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+/// CLIP normalisation constants (`OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`), as f32 like numpy's;
+/// the digits are transformers' literals, kept verbatim for auditability.
+#[allow(clippy::excessive_precision)]
+pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
+pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// Decode any supported image to Pillow-equivalent RGB pixels (bomb guard from `limits`).
 pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> ImageResult<Rgb> {
@@ -176,5 +179,64 @@ mod tests {
         assert_eq!(v[4 * 588], t[0][28 * 4]);
         assert_eq!(v[588 + 196], t[1][0]);
         assert_eq!(v[588 + 2 * 196], t[2][255]);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// `cargo test --release -p llava-packer vision_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn vision_timing() {
+        let (w, h) = (948u32, 838u32);
+        let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let rgb = Rgb {
+            width: w,
+            height: h,
+            px,
+        };
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            std::hint::black_box(resize_interleaved::<3>(
+                &rgb.px,
+                w,
+                h,
+                952,
+                840,
+                Filter::Bicubic,
+            ));
+        }
+        eprintln!("resize {:?}", t.elapsed() / 10);
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            std::hint::black_box(resize_interleaved::<3>(
+                &rgb.px,
+                w,
+                h,
+                952,
+                h,
+                Filter::Bicubic,
+            ));
+        }
+        eprintln!("horizontal {:?}", t.elapsed() / 10);
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            std::hint::black_box(resize_interleaved::<3>(
+                &rgb.px,
+                w,
+                h,
+                w,
+                840,
+                Filter::Bicubic,
+            ));
+        }
+        eprintln!("vertical {:?}", t.elapsed() / 10);
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            std::hint::black_box(pixel_values(&rgb, 840, 952, 14, 2));
+        }
+        eprintln!("full {:?}", t.elapsed() / 10);
     }
 }

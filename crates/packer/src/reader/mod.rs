@@ -133,11 +133,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
     }
 }
 
+/// A shard name and, when the manifest lists it, its expected (samples, bytes).
+type ListedShard = (String, Option<(u64, u64)>);
+
 /// Shards listed in the manifest (with expected sample counts and sizes), or every `*.tar`.
-fn shard_list(
-    dir: &Path,
-    manifest: Option<&Value>,
-) -> Result<Vec<(String, Option<(u64, u64)>)>, ReadError> {
+fn shard_list(dir: &Path, manifest: Option<&Value>) -> Result<Vec<ListedShard>, ReadError> {
     if let Some(m) = manifest {
         let mpath = dir.join("manifest.json");
         let bad = |message: String| ReadError::Manifest {

@@ -1,11 +1,9 @@
 use super::*;
 use crate::shard::{Member, ShardWriter};
 
-fn write_shard(
-    dir: &Path,
-    index: u32,
-    samples: &[(&str, Vec<(&str, Vec<u8>)>)],
-) -> crate::shard::ShardInfo {
+type Samples<'a> = [(&'a str, Vec<(&'a str, Vec<u8>)>)];
+
+fn write_shard(dir: &Path, index: u32, samples: &Samples) -> crate::shard::ShardInfo {
     let mut w = ShardWriter::create(dir, "shard", index).unwrap();
     for (key, members) in samples {
         let ms: Vec<Member> = members
