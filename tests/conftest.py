@@ -75,3 +75,20 @@ def photo_rgb() -> np.ndarray:
 @pytest.fixture(scope="session")
 def photo_jpeg(photo_rgb) -> bytes:
     return jpeg_bytes(photo_rgb[:256, :320])
+
+
+@pytest.fixture(scope="session")
+def plain_shards(mixed_corpus, tmp_path_factory) -> Path:
+    """`llava_ov15.pack.build` output with uneven shards (17 samples each, last one short)."""
+    from llava_ov15 import pack
+
+    out = tmp_path_factory.mktemp("plain") / "out"
+    pack.build(str(mixed_corpus), str(out), samples_per_shard=17, progress="quiet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(tmp_path_factory) -> Path:
+    from llava_ov15.data.tokenizer import qwen_tokenizer_json
+
+    return qwen_tokenizer_json()

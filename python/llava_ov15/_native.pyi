@@ -97,3 +97,52 @@ def pack_lengths(
     max_image_tokens: int | None = None,
 ) -> dict[str, object]:
     """Pack raw u32 LE lengths: {offsets (u64 LE), items (u32 LE), rejects, seconds, summary}."""
+
+class ShardError(ValueError):
+    """A shard, its index or a sample is unreadable; the message names shard and offset."""
+
+class MappedShard:
+    """Owner of one shard's read-only mmap; the numpy `base` of every view into it."""
+
+    @property
+    def span(self) -> tuple[int, int]: ...
+
+class ShardReader:
+    """Zero-copy reader of a shard directory (plain or packed) via its manifest/.tar.idx."""
+
+    def __init__(self, path: str, *, skip_bad_shards: bool = False) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def packed(self) -> bool: ...
+    @property
+    def shard_names(self) -> list[str]: ...
+    @property
+    def shard_lengths(self) -> list[int]: ...
+    @property
+    def skipped(self) -> list[tuple[str, str]]: ...
+    def mapping(self, shard: int) -> MappedShard: ...
+    def sample(self, index: int, *, images: bool = True) -> dict[str, object]:
+        """{index, key, shard, offset, json: bytes, members: {suffix: uint8 view},
+        images: [uint8 view]} — views are read-only numpy arrays over the mmap."""
+
+def preprocess_images(
+    images: list[object], *, min_pixels: int = 3136, max_pixels: int = 2560000,
+    patch_size: int = 14, merge_size: int = 2,
+) -> tuple[object, object]:
+    """(pixel_values float32 [sum h*w, 588], image_grid_thw int64 [n, 3]); GIL released."""
+
+class SampleTokenizer:
+    """input_ids/labels of per-sample (or pack) json via the LengthCounter template."""
+
+    def __init__(
+        self,
+        tokenizer: str,
+        *,
+        min_pixels: int = 3136,
+        max_pixels: int = 2560000,
+        patch_size: int = 14,
+        merge_size: int = 2,
+        system: str | None = "You are a helpful assistant.",
+        caption_prompt: str = "",
+    ) -> None: ...
+    def tokenize(self, doc: bytes) -> tuple[object, object, list[int], list[int]]: ...

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod build;
 mod image;
 mod lengths;
+mod loader;
 mod pack;
 
 pyo3::create_exception!(
@@ -59,5 +60,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     lengths::register(m)?;
     image::register(m)?;
     pack::register(m)?;
+    loader::register(m)?;
     Ok(())
 }

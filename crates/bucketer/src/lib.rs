@@ -8,13 +8,16 @@
 //!   decoding images.
 //! - [`pack`]: deterministic best-fit-decreasing sequence packing with an optional image-token
 //!   cap per pack.
+//! - [`tokenize`]: `input_ids` + `labels` of a sample from the same segments (training loader).
 
 pub mod length;
 pub mod pack;
 pub mod resize;
 pub mod template;
+pub mod tokenize;
 
 pub use length::{ImageGrid, LengthCounter, LengthError, SampleLength, VisionConfig};
 pub use pack::{pack, PackConfig, Packing, RejectReason};
 pub use resize::{smart_resize, ResizeError};
 pub use template::TemplateOptions;
+pub use tokenize::{Tokenized, IGNORE};

@@ -20,6 +20,7 @@ pub mod error;
 pub mod image;
 pub mod input;
 pub mod pack;
+pub mod reader;
 pub mod shard;
 
 pub use build::{build, BuildOptions, BuildSummary, DedupMode, Progress};

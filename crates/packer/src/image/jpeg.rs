@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use mozjpeg_sys::*;
 
-use super::pillow::{cmyk_to_l, rgb_to_l, Gray};
+use super::pillow::{cmyk_to_l, cmyk_to_rgb, rgb_to_l, Gray, Rgb};
 use super::ImageError;
 
 /// How to decode.
@@ -56,8 +56,59 @@ unsafe fn format_message(cinfo: &mut jpeg_common_struct) -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// Decoded scanlines: width, height, components per pixel (1, 3 or 4 = Adobe-inverted CMYK).
+struct Raw {
+    width: u32,
+    height: u32,
+    components: usize,
+    px: Vec<u8>,
+}
+
 /// Decode a JPEG to Pillow-equivalent "L" pixels (or a DCT-scaled approximation in fast mode).
 pub fn decode_gray(bytes: &[u8], mode: JpegDecode) -> Result<Gray, ImageError> {
+    let raw = decode_raw(bytes, mode)?;
+    let px = match raw.components {
+        1 => raw.px,
+        3 => raw
+            .px
+            .chunks_exact(3)
+            .map(|p| rgb_to_l(p[0], p[1], p[2]))
+            .collect(),
+        // libjpeg hands out Adobe-inverted CMYK; Pillow's "CMYK;I" rawmode inverts it back.
+        _ => raw
+            .px
+            .chunks_exact(4)
+            .map(|p| cmyk_to_l(255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]))
+            .collect(),
+    };
+    Ok(Gray {
+        width: raw.width,
+        height: raw.height,
+        px,
+    })
+}
+
+/// Decode a JPEG to the pixels of Pillow's `Image.open(...).convert("RGB")`: full size, ISLOW
+/// IDCT, fancy upsampling; "L" is replicated into three bands, CMYK goes through `cmyk2rgb`.
+pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, ImageError> {
+    let raw = decode_raw(bytes, JpegDecode::Exact)?;
+    let px = match raw.components {
+        3 => raw.px,
+        1 => raw.px.iter().flat_map(|&v| [v, v, v]).collect(),
+        _ => raw
+            .px
+            .chunks_exact(4)
+            .flat_map(|p| cmyk_to_rgb(255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]))
+            .collect(),
+    };
+    Ok(Rgb {
+        width: raw.width,
+        height: raw.height,
+        px,
+    })
+}
+
+fn decode_raw(bytes: &[u8], mode: JpegDecode) -> Result<Raw, ImageError> {
     // SAFETY: the structs are zero-initialised as libjpeg expects before jpeg_create_*; all
     // libjpeg calls happen inside catch_unwind and the decompressor is destroyed afterwards
     // whatever happened (jpeg_destroy on a half-created object is safe: it checks `mem`).
@@ -93,7 +144,7 @@ unsafe fn decode_inner(
     cinfo: &mut jpeg_decompress_struct,
     bytes: &[u8],
     mode: JpegDecode,
-) -> Result<Gray, ImageError> {
+) -> Result<Raw, ImageError> {
     jpeg_create_decompress(cinfo);
     jpeg_mem_src(cinfo, bytes.as_ptr(), bytes.len() as c_ulong);
     jpeg_read_header(cinfo, 1);
@@ -151,22 +202,13 @@ unsafe fn decode_inner(
     // warns JWRN_JPEG_EOF here.
     jpeg_finish_decompress(cinfo);
     drop(rows);
-    let px = match nc {
-        1 => buf,
-        3 => buf
-            .chunks_exact(3)
-            .map(|p| rgb_to_l(p[0], p[1], p[2]))
-            .collect(),
-        // libjpeg hands out Adobe-inverted CMYK; Pillow's "CMYK;I" rawmode inverts it back.
-        4 => buf
-            .chunks_exact(4)
-            .map(|p| cmyk_to_l(255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]))
-            .collect(),
-        _ => unreachable!("output_components checked above"),
-    };
-    Ok(Gray {
+    if !matches!(nc, 1 | 3 | 4) {
+        unreachable!("output_components checked above");
+    }
+    Ok(Raw {
         width: w as u32,
         height: h as u32,
-        px,
+        components: nc,
+        px: buf,
     })
 }

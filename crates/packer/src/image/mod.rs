@@ -7,6 +7,8 @@
 //!   [`ImageError`] whose `Display` is a short, user-facing reject reason.
 //! - [`content_hash`]: 128-bit hash of the raw bytes for exact-duplicate detection.
 //! - [`reencode_within`]: re-encode an image above `max_pixels` to the largest size within it.
+//! - [`vision`]: decode + Pillow-exact BICUBIC resize + normalize + patchify (the training
+//!   loader's `pixel_values`).
 
 mod decode;
 mod jpeg;
@@ -14,6 +16,9 @@ mod phash;
 mod pillow;
 mod probe;
 mod reencode;
+pub mod vision;
+
+pub use pillow::Rgb;
 
 use serde::Serialize;
 use thiserror::Error;

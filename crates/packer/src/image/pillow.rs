@@ -1,6 +1,7 @@
 //! Pillow's pixel arithmetic, re-implemented so hashes match `imagehash` bit for bit:
-//! `convert('L')` (fixed-point ITU-R 601 luma) and `resize(..., LANCZOS)` for 8-bit single-band
-//! images (separable passes, 22-bit fixed-point coefficients, per-pass clip to u8).
+//! `convert('L')` (fixed-point ITU-R 601 luma) and `resize(..., LANCZOS | BICUBIC)` for 8-bit
+//! "L" and "RGB" images (separable passes, 22-bit fixed-point coefficients, per-pass clip to
+//! u8).
 
 /// An 8-bit single-band image (Pillow mode "L").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -8,6 +9,15 @@ pub struct Gray {
     pub width: u32,
     pub height: u32,
     /// Row-major, `width * height` bytes.
+    pub px: Vec<u8>,
+}
+
+/// An 8-bit RGB image (Pillow mode "RGB"), bands interleaved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rgb {
+    pub width: u32,
+    pub height: u32,
+    /// Row-major, `3 * width * height` bytes.
     pub px: Vec<u8>,
 }
 
@@ -24,19 +34,52 @@ fn muldiv255(a: u32, b: u32) -> u32 {
     ((t >> 8) + t) >> 8
 }
 
-/// Pillow has no direct CMYK→L converter: `convert('L')` goes CMYK→RGB (`cmyk2rgb`) then
-/// `rgb2l`, so do exactly that. Input is true (non-inverted) CMYK, as Pillow holds it.
+/// Pillow's `cmyk2rgb` on true (non-inverted) CMYK, as Pillow holds it.
 #[inline]
-pub fn cmyk_to_l(c: u8, m: u8, y: u8, k: u8) -> u8 {
+pub fn cmyk_to_rgb(c: u8, m: u8, y: u8, k: u8) -> [u8; 3] {
     let nk = 255 - k as u32;
     // nk - muldiv255(x, nk) is always in 0..=255, so Pillow's CLIP8 is a no-op here.
-    let r = nk - muldiv255(c as u32, nk);
-    let g = nk - muldiv255(m as u32, nk);
-    let b = nk - muldiv255(y as u32, nk);
-    rgb_to_l(r as u8, g as u8, b as u8)
+    [
+        (nk - muldiv255(c as u32, nk)) as u8,
+        (nk - muldiv255(m as u32, nk)) as u8,
+        (nk - muldiv255(y as u32, nk)) as u8,
+    ]
+}
+
+/// Pillow has no direct CMYK→L converter: `convert('L')` goes CMYK→RGB (`cmyk2rgb`) then
+/// `rgb2l`, so do exactly that.
+#[inline]
+pub fn cmyk_to_l(c: u8, m: u8, y: u8, k: u8) -> u8 {
+    let [r, g, b] = cmyk_to_rgb(c, m, y, k);
+    rgb_to_l(r, g, b)
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Pillow's resampling filters used here (`Resample.c`: `filterp->support` and kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// `Image.LANCZOS` (a = 3), used by the perceptual hashes.
+    Lanczos,
+    /// `Image.BICUBIC` (a = -0.5), used by transformers' PIL image processors.
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Lanczos => 3.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    fn eval(self, x: f64) -> f64 {
+        match self {
+            Filter::Lanczos => lanczos(x),
+            Filter::Bicubic => bicubic(x),
+        }
+    }
+}
 
 fn lanczos(x: f64) -> f64 {
     fn sinc(x: f64) -> f64 {
@@ -54,6 +97,19 @@ fn lanczos(x: f64) -> f64 {
     }
 }
 
+/// Keys' cubic convolution with a = -0.5, written in the same operation order as Pillow.
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
 /// Filter taps for one axis: per output sample the first input index, the tap count, and
 /// `ksize` fixed-point coefficients. Mirrors Pillow's `precompute_coeffs` followed by
 /// `normalize_coeffs_8bpc` (the box is the whole axis, so `in0 = 0`, `in1 = in_size`).
@@ -63,12 +119,12 @@ struct Coeffs {
     k: Vec<i32>,
 }
 
-fn precompute(in_size: u32, out_size: u32) -> Coeffs {
+fn precompute(in_size: u32, out_size: u32, filter: Filter) -> Coeffs {
     // Pillow passes the box as C `float`; `in1 - in0` is exact for any realistic size.
     let in1 = in_size as f32;
     let scale = (in1 - 0.0f32) as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 3.0 * filterscale;
+    let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let mut bounds = Vec::with_capacity(out_size as usize);
     let mut k = vec![0i32; out_size as usize * ksize];
@@ -82,7 +138,7 @@ fn precompute(in_size: u32, out_size: u32) -> Coeffs {
         let xmax = xmax.max(0) as usize;
         let mut ww = 0.0;
         for (x, wx) in w.iter_mut().enumerate().take(xmax) {
-            *wx = lanczos((x as f64 + xmin as f64 - center + 0.5) * ss);
+            *wx = filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss);
             ww += *wx;
         }
         let row = &mut k[xx * ksize..(xx + 1) * ksize];
@@ -106,65 +162,105 @@ fn clip8(ss: i32) -> u8 {
 }
 
 /// `Image.resize((out_w, out_h), Image.LANCZOS)` on an "L" image, as Pillow 12.3 does it.
+pub fn resize_lanczos(src: &Gray, out_w: u32, out_h: u32) -> Gray {
+    let px = resize_interleaved::<1>(
+        &src.px,
+        src.width,
+        src.height,
+        out_w,
+        out_h,
+        Filter::Lanczos,
+    );
+    Gray {
+        width: out_w,
+        height: out_h,
+        px,
+    }
+}
+
+/// `Image.resize((out_w, out_h), filter)` of an 8-bit image with `N` interleaved bands
+/// (1 = "L", 3 = "RGB"), as Pillow 12.3 does it: every band goes through the same integer
+/// arithmetic, so one band or three give the very same per-band values.
+///
 /// `Image.resize` (Python) special-cases very tall images (height > 100 × width, height
 /// shrinking): it first resamples to `(width, out_h)`, then to `(out_w, out_h)`, i.e. the
 /// vertical pass runs first and the horizontal pass sees the already-rounded rows.
-pub fn resize_lanczos(src: &Gray, out_w: u32, out_h: u32) -> Gray {
-    if src.width == out_w && src.height == out_h {
-        return src.clone();
+pub fn resize_interleaved<const N: usize>(
+    px: &[u8],
+    width: u32,
+    height: u32,
+    out_w: u32,
+    out_h: u32,
+    filter: Filter,
+) -> Vec<u8> {
+    debug_assert_eq!(px.len(), width as usize * height as usize * N);
+    if width == out_w && height == out_h {
+        return px.to_vec();
     }
-    if src.height as u64 > src.width as u64 * 100 && out_h < src.height {
-        let tall = resample(src, src.width, out_h);
-        return resample(&tall, out_w, out_h);
+    if height as u64 > width as u64 * 100 && out_h < height {
+        let tall = resample::<N>(px, width, height, width, out_h, filter);
+        return resample::<N>(&tall, width, out_h, out_w, out_h, filter);
     }
-    resample(src, out_w, out_h)
+    resample::<N>(px, width, height, out_w, out_h, filter)
 }
 
-/// Pillow's C `ImagingResample` (LANCZOS, 8-bit): horizontal pass first (only over the source
-/// rows the vertical pass will read), then the vertical pass; a pass is skipped when that axis
-/// keeps its size.
-fn resample(src: &Gray, out_w: u32, out_h: u32) -> Gray {
-    if src.width == out_w && src.height == out_h {
-        return src.clone();
+/// Pillow's C `ImagingResample` (8-bit): horizontal pass first (only over the source rows the
+/// vertical pass will read), then the vertical pass; a pass is skipped when that axis keeps
+/// its size.
+fn resample<const N: usize>(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    out_w: u32,
+    out_h: u32,
+    filter: Filter,
+) -> Vec<u8> {
+    if width == out_w && height == out_h {
+        return src.to_vec();
     }
-    let vert = precompute(src.height, out_h);
+    let vert = precompute(height, out_h, filter);
     let mut cur_px;
-    let mut cur: &[u8] = &src.px;
-    let mut cur_w = src.width as usize;
+    let mut cur: &[u8] = src;
+    let mut cur_w = width as usize;
     let mut row_shift = 0usize;
-    if out_w != src.width {
-        let horiz = precompute(src.width, out_w);
+    if out_w != width {
+        let horiz = precompute(width, out_w, filter);
         let first = vert.bounds[0].0;
         let (lmin, lcnt) = vert.bounds[out_h as usize - 1];
         let last = lmin + lcnt;
         let ow = out_w as usize;
-        cur_px = vec![0u8; ow * (last - first)];
-        for (yy, out_row) in cur_px.chunks_exact_mut(ow).enumerate() {
-            let in_row = &src.px[(yy + first) * cur_w..(yy + first + 1) * cur_w];
-            for (xx, o) in out_row.iter_mut().enumerate() {
+        cur_px = vec![0u8; ow * N * (last - first)];
+        for (yy, out_row) in cur_px.chunks_exact_mut(ow * N).enumerate() {
+            let in_row = &src[(yy + first) * cur_w * N..(yy + first + 1) * cur_w * N];
+            for (xx, o) in out_row.chunks_exact_mut(N).enumerate() {
                 let (xmin, xmax) = horiz.bounds[xx];
                 let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + xmax];
-                let mut ss: i32 = 1 << (PRECISION_BITS - 1);
-                for (p, c) in in_row[xmin..xmin + xmax].iter().zip(k) {
-                    ss = ss.wrapping_add((*p as i32).wrapping_mul(*c));
+                let px = &in_row[xmin * N..(xmin + xmax) * N];
+                let mut ss = [1i32 << (PRECISION_BITS - 1); N];
+                // Index loop over one bounds-checked slice: the compiler drops the checks and
+                // keeps the N accumulators in registers (this pass dominates the resize).
+                for (j, c) in k.iter().enumerate() {
+                    let p = &px[j * N..j * N + N];
+                    for b in 0..N {
+                        ss[b] = ss[b].wrapping_add((p[b] as i32).wrapping_mul(*c));
+                    }
                 }
-                *o = clip8(ss);
+                for b in 0..N {
+                    o[b] = clip8(ss[b]);
+                }
             }
         }
         cur = &cur_px;
         cur_w = ow;
         row_shift = first;
     }
-    if out_h == src.height {
-        return Gray {
-            width: out_w,
-            height: out_h,
-            px: cur.to_vec(),
-        };
+    if out_h == height {
+        return cur.to_vec();
     }
-    let mut out = vec![0u8; cur_w * out_h as usize];
-    let mut acc = vec![0i32; cur_w];
-    for (yy, out_row) in out.chunks_exact_mut(cur_w).enumerate() {
+    let stride = cur_w * N;
+    let mut out = vec![0u8; stride * out_h as usize];
+    let mut acc = vec![0i32; stride];
+    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
         let (ymin, ymax) = vert.bounds[yy];
         let ymin = ymin - row_shift;
         let k = &vert.k[yy * vert.ksize..yy * vert.ksize + ymax];
@@ -172,7 +268,7 @@ fn resample(src: &Gray, out_w: u32, out_h: u32) -> Gray {
         // Row-at-a-time accumulation: same integer sums as Pillow's per-pixel loop (integer
         // addition is associative), but cache friendly.
         for (y, c) in k.iter().enumerate() {
-            let in_row = &cur[(ymin + y) * cur_w..(ymin + y + 1) * cur_w];
+            let in_row = &cur[(ymin + y) * stride..(ymin + y + 1) * stride];
             for (a, p) in acc.iter_mut().zip(in_row) {
                 *a = a.wrapping_add((*p as i32).wrapping_mul(*c));
             }
@@ -181,11 +277,7 @@ fn resample(src: &Gray, out_w: u32, out_h: u32) -> Gray {
             *o = clip8(*a);
         }
     }
-    Gray {
-        width: cur_w as u32,
-        height: out_h,
-        px: out,
-    }
+    out
 }
 
 #[cfg(test)]
