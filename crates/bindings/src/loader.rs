@@ -222,30 +222,56 @@ fn preprocess_images<'py>(
         })
         .collect::<PyResult<_>>()?;
     let factor = patch_size * merge_size;
-    let results = py.detach(|| {
-        slices
-            .par_iter()
+    let row = 3 * (patch_size * patch_size) as usize;
+    // Sizes come from the headers, so every image can be decoded straight into its slice of
+    // one preallocated output (no per-image buffers, no concatenation copy).
+    let limits = Limits::default();
+    let grids: Vec<(u32, u32)> = slices
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let info = packer::image::probe(bytes).map_err(|e| format!("image {i}: {e}"))?;
+            bucketer::smart_resize(info.height, info.width, factor, min_pixels, max_pixels)
+                .map_err(|e| format!("image {i}: {e}"))
+        })
+        .collect::<Result<_, String>>()
+        .map_err(PyValueError::new_err)?;
+    let sizes: Vec<usize> = grids
+        .iter()
+        .map(|(h, w)| (h / patch_size) as usize * (w / patch_size) as usize * row)
+        .collect();
+    let mut flat = vec![0f32; sizes.iter().sum()];
+    let mut parts: Vec<&mut [f32]> = Vec::with_capacity(sizes.len());
+    let mut rest = flat.as_mut_slice();
+    for n in &sizes {
+        let (head, tail) = rest.split_at_mut(*n);
+        parts.push(head);
+        rest = tail;
+    }
+    py.detach(|| {
+        parts
+            .into_par_iter()
+            .zip(slices.par_iter())
+            .zip(grids.par_iter())
             .enumerate()
-            .map(|(i, bytes)| {
-                let rgb = vision::decode_rgb(bytes, &Limits::default())
-                    .map_err(|e| format!("image {i}: {e}"))?;
-                let (h, w) =
+            .try_for_each(|(i, ((out, bytes), (h, w)))| {
+                let rgb =
+                    vision::decode_rgb(bytes, &limits).map_err(|e| format!("image {i}: {e}"))?;
+                let (hh, ww) =
                     bucketer::smart_resize(rgb.height, rgb.width, factor, min_pixels, max_pixels)
                         .map_err(|e| format!("image {i}: {e}"))?;
-                let pv = vision::pixel_values(&rgb, h, w, patch_size, merge_size);
-                Ok::<_, String>((pv, [1i64, (h / patch_size) as i64, (w / patch_size) as i64]))
+                if (hh, ww) != (*h, *w) {
+                    return Err(format!("image {i}: decoded size differs from its header"));
+                }
+                vision::pixel_values_into(&rgb, *h, *w, patch_size, merge_size, out);
+                Ok(())
             })
-            .collect::<Result<Vec<_>, String>>()
-    });
-    let results = results.map_err(PyValueError::new_err)?;
-    let row = 3 * (patch_size * patch_size) as usize;
-    let total: usize = results.iter().map(|(pv, _)| pv.len()).sum();
-    let mut flat = Vec::with_capacity(total);
-    let mut grids = Vec::with_capacity(results.len() * 3);
-    for (pv, g) in results {
-        flat.extend_from_slice(&pv);
-        grids.extend_from_slice(&g);
-    }
+    })
+    .map_err(PyValueError::new_err)?;
+    let grids: Vec<i64> = grids
+        .iter()
+        .flat_map(|(h, w)| [1, (h / patch_size) as i64, (w / patch_size) as i64])
+        .collect();
     let (n, n_images) = (flat.len() / row, grids.len() / 3);
     let pv = PyArray1::from_vec(py, flat).reshape([n, row])?;
     let grid = PyArray1::from_vec(py, grids).reshape([n_images, 3])?;

@@ -15,7 +15,9 @@
 
 use image::DynamicImage;
 
-use super::pillow::{resize_interleaved, Filter, Rgb};
+#[cfg(test)]
+use super::pillow::resize_interleaved;
+use super::pillow::{resize_planes, Filter, Rgb};
 use super::{decode, jpeg, probe, ImageError, ImageFormat, ImageResult, Limits};
 
 /// CLIP normalisation constants (`OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`), as f32 like numpy's;
@@ -108,13 +110,30 @@ fn normalize_table() -> [[f32; 256]; 3] {
 /// rows in merge-window order `(h/merge, w/merge, merge, merge)`, each row channel-major
 /// `(3, patch, patch)` — temporal patch size 1.
 pub fn pixel_values(rgb: &Rgb, out_h: u32, out_w: u32, patch: u32, merge: u32) -> Vec<f32> {
+    let n = (out_h / patch) as usize * (out_w / patch) as usize * 3 * (patch * patch) as usize;
+    let mut out = vec![0f32; n];
+    pixel_values_into(rgb, out_h, out_w, patch, merge, &mut out);
+    out
+}
+
+/// [`pixel_values`] written into `out` (exactly `h/patch · w/patch · 3·patch²` values), so a
+/// batch can fill one preallocated array without copies.
+pub fn pixel_values_into(
+    rgb: &Rgb,
+    out_h: u32,
+    out_w: u32,
+    patch: u32,
+    merge: u32,
+    out: &mut [f32],
+) {
     let unit = patch * merge;
     assert!(
         out_h > 0 && out_w > 0 && out_h % unit == 0 && out_w % unit == 0,
         "target {out_h}x{out_w} is not a multiple of {unit}"
     );
-    let px = resize_interleaved::<3>(
+    let planes = resize_planes(
         &rgb.px,
+        3,
         rgb.width,
         rgb.height,
         out_w,
@@ -125,8 +144,8 @@ pub fn pixel_values(rgb: &Rgb, out_h: u32, out_w: u32, patch: u32, merge: u32) -
     let (p, m) = (patch as usize, merge as usize);
     let (gh, gw) = (out_h as usize / p, out_w as usize / p);
     let row_len = 3 * p * p;
-    let stride = out_w as usize * 3;
-    let mut out = vec![0f32; gh * gw * row_len];
+    let stride = out_w as usize;
+    assert_eq!(out.len(), gh * gw * row_len, "output size");
     let mut rows = out.chunks_exact_mut(row_len);
     for bh in 0..gh / m {
         for bw in 0..gw / m {
@@ -137,10 +156,10 @@ pub fn pixel_values(rgb: &Rgb, out_h: u32, out_w: u32, patch: u32, merge: u32) -
                     for band in 0..3 {
                         let t = &table[band];
                         let dst = &mut row[band * p * p..(band + 1) * p * p];
-                        for y in 0..p {
-                            let src = &px[(r * p + y) * stride + c * p * 3..];
-                            for x in 0..p {
-                                dst[y * p + x] = t[src[x * 3 + band] as usize];
+                        for (y, d) in dst.chunks_exact_mut(p).enumerate() {
+                            let at = (r * p + y) * stride + c * p;
+                            for (o, v) in d.iter_mut().zip(&planes[band][at..at + p]) {
+                                *o = t[*v as usize];
                             }
                         }
                     }
@@ -148,7 +167,6 @@ pub fn pixel_values(rgb: &Rgb, out_h: u32, out_w: u32, patch: u32, merge: u32) -
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
