@@ -14,7 +14,7 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageFormat as IF, ImageReader};
 
-use super::pillow::{rgb_to_l, Gray};
+use super::pillow::{rgb_to_l, rgb_to_l_all, Gray};
 use super::{probe::format_name, ImageError, ImageFormat, ImageInfo};
 
 fn corrupt(format: ImageFormat, e: impl std::fmt::Display) -> ImageError {
@@ -57,11 +57,7 @@ pub fn to_pillow_l(img: &DynamicImage, info: &ImageInfo) -> Gray {
     let px: Vec<u8> = match img {
         DynamicImage::ImageLuma8(b) => b.as_raw().clone(),
         DynamicImage::ImageLumaA8(b) => b.as_raw().chunks_exact(2).map(|p| p[0]).collect(),
-        DynamicImage::ImageRgb8(b) => b
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| rgb_to_l(p[0], p[1], p[2]))
-            .collect(),
+        DynamicImage::ImageRgb8(b) => rgb_to_l_all(b.as_raw()),
         DynamicImage::ImageRgba8(b) => b
             .as_raw()
             .chunks_exact(4)

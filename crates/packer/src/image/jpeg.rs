@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use mozjpeg_sys::*;
 
-use super::pillow::{cmyk_to_l, cmyk_to_rgb, rgb_to_l, Gray, Rgb};
+use super::pillow::{cmyk_to_l, cmyk_to_rgb, rgb_to_l_all, Gray, Rgb};
 use super::ImageError;
 
 /// How to decode.
@@ -69,11 +69,7 @@ pub fn decode_gray(bytes: &[u8], mode: JpegDecode) -> Result<Gray, ImageError> {
     let raw = decode_raw(bytes, mode)?;
     let px = match raw.components {
         1 => raw.px,
-        3 => raw
-            .px
-            .chunks_exact(3)
-            .map(|p| rgb_to_l(p[0], p[1], p[2]))
-            .collect(),
+        3 => rgb_to_l_all(&raw.px),
         // libjpeg hands out Adobe-inverted CMYK; Pillow's "CMYK;I" rawmode inverts it back.
         _ => raw
             .px

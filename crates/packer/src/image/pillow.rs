@@ -27,6 +27,32 @@ pub fn rgb_to_l(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
+/// `rgb_to_l` over interleaved RGB bytes (AVX2 build when the CPU has it: this runs over every
+/// pixel of every exactly-hashed image).
+pub fn rgb_to_l_all(rgb: &[u8]) -> Vec<u8> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the running CPU supports AVX2, checked just above.
+        return unsafe { rgb_to_l_avx2(rgb) };
+    }
+    rgb_to_l_generic(rgb)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rgb_to_l_avx2(rgb: &[u8]) -> Vec<u8> {
+    rgb_to_l_generic(rgb)
+}
+
+#[inline(always)]
+fn rgb_to_l_generic(rgb: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; rgb.len() / 3];
+    for (o, p) in out.iter_mut().zip(rgb.chunks_exact(3)) {
+        *o = rgb_to_l(p[0], p[1], p[2]);
+    }
+    out
+}
+
 /// Pillow's `MULDIV255`: a rounded `a*b/255` without a division.
 #[inline]
 fn muldiv255(a: u32, b: u32) -> u32 {
@@ -236,6 +262,9 @@ pub fn resize_planes(
         .collect()
 }
 
+/// Tap count from which the horizontal pass runs as direct dot products (see `resample_generic`).
+const LONG_TAPS: usize = 24;
+
 /// One band of an interleaved image.
 #[derive(Clone, Copy)]
 struct Band<'a> {
@@ -320,18 +349,41 @@ fn resample_generic(
         let (lmin, lcnt) = vert.bounds[out_h as usize - 1];
         (vert.bounds[0].0, lmin + lcnt - vert.bounds[0].0)
     };
-    let columns = transpose(src, first, rows, w);
-    let plain = |px| Band {
-        px,
-        bands: 1,
-        band: 0,
+    let shrunk = if horiz.ksize >= LONG_TAPS {
+        // Strong downscaling (e.g. to 32×32 for hashes): each output pixel is one long dot
+        // product over contiguous input, which vectorises as it stands.
+        let plane = src.plane();
+        let mut out = vec![0u8; rows * ow];
+        for (r, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let in_row = &plane[(first + r) * w..(first + r + 1) * w];
+            for (xx, o) in out_row.iter_mut().enumerate() {
+                let (xmin, cnt) = horiz.bounds[xx];
+                let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + cnt];
+                let ss = in_row[xmin..xmin + cnt]
+                    .iter()
+                    .zip(k)
+                    .fold(1i32 << (PRECISION_BITS - 1), |acc, (p, c)| {
+                        acc.wrapping_add((*p as i32).wrapping_mul(*c))
+                    });
+                *o = clip8(ss);
+            }
+        }
+        out
+    } else {
+        // Few taps per output: run it as a vertical pass over the transposed rows instead.
+        let columns = transpose(src, first, rows, w);
+        let plain = |px| Band {
+            px,
+            bands: 1,
+            band: 0,
+        };
+        transpose(
+            plain(&vertical_pass(&columns, rows, &horiz, 0)),
+            0,
+            ow,
+            rows,
+        )
     };
-    let shrunk = transpose(
-        plain(&vertical_pass(&columns, rows, &horiz, 0)),
-        0,
-        ow,
-        rows,
-    );
     if out_h == height {
         return shrunk;
     }
