@@ -19,11 +19,12 @@ from pathlib import Path
 
 
 def peak_rss_mb(corpus: Path, out: Path) -> tuple[float, float]:
+    # VmHWM, not ru_maxrss: the latter survives fork+exec and would report the parent's peak.
     code = (
-        "import resource, sys; from llava_ov15 import pack; "
+        "from llava_ov15 import pack; "
         f"pack.build({str(corpus)!r}, {str(out)!r}, dedup='off', progress='quiet', "
         "shard_size=256 << 20); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -1,9 +1,6 @@
 //! `build(...)`: runs `packer::build` on a worker thread so the calling thread can keep
 //! answering Ctrl-C (the job then stops at the next chunk, leaving a resumable checkpoint).
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use packer::{BuildOptions, DedupMode, PhashMode, Progress};
 use pyo3::exceptions::PyValueError;
@@ -87,38 +84,9 @@ fn build(
     o.progress = parse_progress(progress)?;
     o.validate().map_err(crate::to_py_err)?;
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let job_cancel = cancel.clone();
-    let handle = std::thread::Builder::new()
-        .name("llava-pack-build".into())
-        .spawn(move || {
-            let r = packer::build(&o, &job_cancel);
-            let _ = tx.send(r);
-        })
-        .map_err(|e| PyValueError::new_err(format!("cannot start build thread: {e}")))?;
-    let mut interrupted: Option<PyErr> = None;
-    let result = loop {
-        match py.detach(|| rx.recv_timeout(Duration::from_millis(100))) {
-            Ok(r) => break r,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if interrupted.is_none() {
-                    if let Err(e) = py.check_signals() {
-                        cancel.store(true, Ordering::Relaxed);
-                        interrupted = Some(e);
-                    }
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err(PyValueError::new_err("build thread panicked"));
-            }
-        }
-    };
-    let _ = handle.join();
-    if let Some(e) = interrupted {
-        return Err(e);
-    }
-    let summary = result.map_err(crate::to_py_err)?;
+    let summary = crate::run_cancellable(py, "llava-pack-build", move |cancel| {
+        packer::build(&o, cancel)
+    })?;
     Ok(serde_json::to_string(&summary).expect("summary serialises"))
 }
 

@@ -16,6 +16,34 @@ fn value_err(e: impl ToString) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
+/// A validated `bucketer::LengthCounter` (shared by `LengthCounter` and `SampleTokenizer`).
+pub(crate) fn new_counter(
+    tokenizer: PathBuf,
+    min_pixels: u64,
+    max_pixels: u64,
+    patch_size: u32,
+    merge_size: u32,
+    system: Option<String>,
+    caption_prompt: String,
+) -> PyResult<Counter> {
+    if patch_size == 0 || merge_size == 0 || min_pixels > max_pixels {
+        return Err(value_err(
+            "need patch_size, merge_size > 0 and min_pixels <= max_pixels",
+        ));
+    }
+    let vision = VisionConfig {
+        patch_size,
+        merge_size,
+        min_pixels,
+        max_pixels,
+    };
+    let template = TemplateOptions {
+        system,
+        caption_prompt,
+    };
+    Counter::from_file(&tokenizer, vision, template).map_err(value_err)
+}
+
 #[pymethods]
 impl LengthCounter {
     #[new]
@@ -31,22 +59,15 @@ impl LengthCounter {
         system: Option<String>,
         caption_prompt: String,
     ) -> PyResult<Self> {
-        if patch_size == 0 || merge_size == 0 || min_pixels > max_pixels {
-            return Err(value_err(
-                "need patch_size, merge_size > 0 and min_pixels <= max_pixels",
-            ));
-        }
-        let vision = VisionConfig {
-            patch_size,
-            merge_size,
+        let inner = new_counter(
+            tokenizer,
             min_pixels,
             max_pixels,
-        };
-        let template = TemplateOptions {
+            patch_size,
+            merge_size,
             system,
             caption_prompt,
-        };
-        let inner = Counter::from_file(&tokenizer, vision, template).map_err(value_err)?;
+        )?;
         Ok(LengthCounter { inner })
     }
 

@@ -1,6 +1,11 @@
 //! Python bindings (`llava_ov15._native`). Thin by design: argument conversion, GIL release
 //! around heavy work, and mapping typed Rust errors onto a few Python exceptions:
 //! `ValueError` (bad option), `InputError`, `OutputError`, `ResumeError` (all `PackError`s).
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 mod build;
@@ -45,6 +50,45 @@ pub(crate) fn to_py_err(e: packer::PackError) -> PyErr {
         E::Resume(_) => ResumeError::new_err(msg),
         E::Cancelled => pyo3::exceptions::PyKeyboardInterrupt::new_err(msg),
     }
+}
+
+/// Run `job` on its own thread with the GIL released; Ctrl-C sets the cancel flag.
+pub(crate) fn run_cancellable<T: Send + 'static>(
+    py: Python<'_>,
+    name: &str,
+    job: impl FnOnce(&AtomicBool) -> packer::Result<T> + Send + 'static,
+) -> PyResult<T> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let job_cancel = cancel.clone();
+    let handle = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(job(&job_cancel));
+        })
+        .map_err(|e| PyValueError::new_err(format!("cannot start {name} thread: {e}")))?;
+    let mut interrupted: Option<PyErr> = None;
+    let result = loop {
+        match py.detach(|| rx.recv_timeout(Duration::from_millis(100))) {
+            Ok(r) => break r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if interrupted.is_none() {
+                    if let Err(e) = py.check_signals() {
+                        cancel.store(true, Ordering::Relaxed);
+                        interrupted = Some(e);
+                    }
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(PyValueError::new_err(format!("{name} thread panicked")));
+            }
+        }
+    };
+    let _ = handle.join();
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    result.map_err(crate::to_py_err)
 }
 
 #[pymodule]

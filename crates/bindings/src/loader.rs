@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bucketer::{LengthCounter, TemplateOptions, VisionConfig};
+use bucketer::LengthCounter;
 use memmap2::Mmap;
 use numpy::ndarray::ArrayView1;
 use numpy::prelude::*;
@@ -299,23 +299,15 @@ impl SampleTokenizer {
         system: Option<String>,
         caption_prompt: String,
     ) -> PyResult<Self> {
-        if patch_size == 0 || merge_size == 0 || min_pixels > max_pixels {
-            return Err(PyValueError::new_err(
-                "need patch_size, merge_size > 0 and min_pixels <= max_pixels",
-            ));
-        }
-        let vision = VisionConfig {
-            patch_size,
-            merge_size,
+        let inner = crate::lengths::new_counter(
+            tokenizer,
             min_pixels,
             max_pixels,
-        };
-        let template = TemplateOptions {
+            patch_size,
+            merge_size,
             system,
             caption_prompt,
-        };
-        let inner = LengthCounter::from_file(&tokenizer, vision, template)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        )?;
         Ok(SampleTokenizer { inner })
     }
 

@@ -2,9 +2,7 @@
 //! Jobs run on a worker thread so the calling thread keeps answering Ctrl-C (the job stops at
 //! the next sample, leaving a resumable checkpoint), as `build` does.
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bucketer::pack::{pack as bfd, summarize, PackConfig};
 use packer::{BucketsOptions, PackOptions, Progress};
@@ -22,45 +20,6 @@ fn parse_progress(s: &str) -> PyResult<Progress> {
             "--progress must be auto, bar, log or quiet, not {s:?}"
         ))),
     }
-}
-
-/// Run `job` on its own thread with the GIL released; Ctrl-C sets the cancel flag.
-fn run_cancellable<T: Send + 'static>(
-    py: Python<'_>,
-    name: &str,
-    job: impl FnOnce(&AtomicBool) -> packer::Result<T> + Send + 'static,
-) -> PyResult<T> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let job_cancel = cancel.clone();
-    let handle = std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            let _ = tx.send(job(&job_cancel));
-        })
-        .map_err(|e| PyValueError::new_err(format!("cannot start {name} thread: {e}")))?;
-    let mut interrupted: Option<PyErr> = None;
-    let result = loop {
-        match py.detach(|| rx.recv_timeout(Duration::from_millis(100))) {
-            Ok(r) => break r,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if interrupted.is_none() {
-                    if let Err(e) = py.check_signals() {
-                        cancel.store(true, Ordering::Relaxed);
-                        interrupted = Some(e);
-                    }
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err(PyValueError::new_err(format!("{name} thread panicked")));
-            }
-        }
-    };
-    let _ = handle.join();
-    if let Some(e) = interrupted {
-        return Err(e);
-    }
-    result.map_err(crate::to_py_err)
 }
 
 /// Pack built shards into fixed-capacity packed shards; returns the summary as JSON.
@@ -99,7 +58,7 @@ fn pack(
     o.overwrite = overwrite;
     o.progress = parse_progress(progress)?;
     o.validate().map_err(crate::to_py_err)?;
-    let s = run_cancellable(py, "llava-pack-pack", move |c| packer::pack(&o, c))?;
+    let s = crate::run_cancellable(py, "llava-pack-pack", move |c| packer::pack(&o, c))?;
     Ok(serde_json::to_string(&s).expect("summary serialises"))
 }
 
@@ -128,7 +87,7 @@ fn buckets(
         workers,
         progress: parse_progress(progress)?,
     };
-    let v = run_cancellable(py, "llava-pack-buckets", move |c| packer::buckets(&o, c))?;
+    let v = crate::run_cancellable(py, "llava-pack-buckets", move |c| packer::buckets(&o, c))?;
     Ok(serde_json::to_string(&v).expect("json"))
 }
 

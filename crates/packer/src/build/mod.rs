@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
+pub(crate) use options::{check_prefix, resolve_workers};
 pub use options::{BuildOptions, DedupMode, Progress};
 pub use state::Stats;
 

@@ -83,18 +83,7 @@ impl BuildOptions {
         if self.input.trim().is_empty() {
             return bad("--input is empty".into());
         }
-        if self.prefix.is_empty()
-            || self.prefix.len() > 40
-            || !self
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return bad(format!(
-                "--prefix {:?} must be 1-40 characters of [A-Za-z0-9_-]",
-                self.prefix
-            ));
-        }
+        check_prefix(&self.prefix)?;
         if self.shard_size < 4096 {
             return bad(format!(
                 "--shard-size {} is below the 4096-byte minimum",
@@ -124,13 +113,7 @@ impl BuildOptions {
 
     /// Worker threads to use (resolves 0 to the number of cores).
     pub fn worker_count(&self) -> usize {
-        if self.workers == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            self.workers
-        }
+        resolve_workers(self.workers)
     }
 
     /// Everything that influences the bytes written (not workers or progress display).
@@ -151,6 +134,33 @@ impl BuildOptions {
             "max_image_pixels": self.max_image_pixels,
             "max_file_bytes": self.max_file_bytes,
         })
+    }
+}
+
+/// Shard prefixes become file names: 1-40 characters of `[A-Za-z0-9_-]`.
+pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 40
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(PackError::InvalidOption(format!(
+            "--prefix {prefix:?} must be 1-40 characters of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+/// Worker threads for `--workers n` (0 = all cores).
+pub(crate) fn resolve_workers(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        n
     }
 }
 

@@ -88,18 +88,7 @@ impl PackOptions {
         if self.min_pixels > self.max_pixels {
             return bad("--min-pixels must not exceed --max-pixels".into());
         }
-        if self.prefix.is_empty()
-            || self.prefix.len() > 40
-            || !self
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return bad(format!(
-                "--prefix {:?} must be 1-40 characters of [A-Za-z0-9_-]",
-                self.prefix
-            ));
-        }
+        crate::build::check_prefix(&self.prefix)?;
         if self.packs_per_shard == 0 {
             return bad("--packs-per-shard must be at least 1".into());
         }
@@ -122,12 +111,7 @@ impl PackOptions {
     }
 
     pub fn worker_count(&self) -> usize {
-        match self.workers {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            n => n,
-        }
+        crate::build::resolve_workers(self.workers)
     }
 }
 

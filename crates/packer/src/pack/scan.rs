@@ -67,24 +67,6 @@ struct Entry {
     size: u64,
 }
 
-fn parse_size(field: &[u8]) -> Option<u64> {
-    if field[0] & 0x80 != 0 {
-        // GNU base-256 for sizes ≥ 8 GiB.
-        return Some(field[1..].iter().fold(0u64, |a, &b| (a << 8) | b as u64));
-    }
-    let s = std::str::from_utf8(field).ok()?;
-    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
-    if s.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(s, 8).ok()
-}
-
-fn cstr(field: &[u8]) -> &[u8] {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    &field[..end]
-}
-
 /// All regular-file members of a tar, in order (ustar names incl. `prefix`). Pax/GNU long-name
 /// records are rejected: `llava-pack build` never writes them.
 fn tar_entries(file: &File, path: &Path, len: u64) -> io::Result<Vec<Entry>> {
@@ -96,7 +78,8 @@ fn tar_entries(file: &File, path: &Path, len: u64) -> io::Result<Vec<Entry>> {
         if h.iter().all(|&b| b == 0) {
             break; // end-of-archive
         }
-        let size = parse_size(&h[124..136]).ok_or_else(|| bad(path, off, "bad size field"))?;
+        let size = crate::shard::header_number(&h[124..136])
+            .ok_or_else(|| bad(path, off, "bad size field"))?;
         let data_off = off + 512;
         let next = data_off + size.div_ceil(512) * 512;
         if data_off + size > len {
@@ -108,10 +91,11 @@ fn tar_entries(file: &File, path: &Path, len: u64) -> io::Result<Vec<Entry>> {
         }
         match h[156] {
             b'0' | 0 | b'7' => {
-                let mut name = String::from_utf8(cstr(&h[0..100]).to_vec())
+                let mut name = String::from_utf8(crate::shard::header_str(&h[0..100]).to_vec())
                     .map_err(|_| bad(path, off, "member name is not UTF-8"))?;
                 if &h[257..262] == b"ustar" && h[345] != 0 {
-                    let prefix = String::from_utf8_lossy(cstr(&h[345..500])).into_owned();
+                    let prefix = String::from_utf8_lossy(crate::shard::header_str(&h[345..500]))
+                        .into_owned();
                     name = format!("{prefix}/{name}");
                 }
                 out.push(Entry {
@@ -256,13 +240,13 @@ mod tests {
 
     #[test]
     fn size_fields() {
-        assert_eq!(parse_size(b"00000001750\0"), Some(1000));
-        assert_eq!(parse_size(b"           \0"), Some(0));
+        assert_eq!(crate::shard::header_number(b"00000001750\0"), Some(1000));
+        assert_eq!(crate::shard::header_number(b"           \0"), Some(0));
         let mut b = [0u8; 12];
         b[0] = 0x80;
         b[11] = 5;
-        assert_eq!(parse_size(&b), Some(5));
-        assert_eq!(parse_size(b"zz\0\0\0\0\0\0\0\0\0\0"), None);
+        assert_eq!(crate::shard::header_number(&b), Some(5));
+        assert_eq!(crate::shard::header_number(b"zz\0\0\0\0\0\0\0\0\0\0"), None);
     }
 
     #[test]

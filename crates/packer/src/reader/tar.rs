@@ -11,20 +11,6 @@ pub struct MemberRef {
     pub len: usize,
 }
 
-fn octal(field: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(field).ok()?;
-    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
-    if s.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(s, 8).ok()
-}
-
-fn cstr(field: &[u8]) -> &[u8] {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    &field[..end]
-}
-
 /// Parse the members in `start..end` of `data` (one sample, per the index). The members must
 /// tile the range exactly and share one key; anything else means a stale or corrupt index.
 pub fn parse_sample(
@@ -56,7 +42,7 @@ pub fn parse_sample(
                 message: "end-of-archive block inside a sample (stale index?)".into(),
             });
         }
-        let stored = octal(&h[148..156])
+        let stored = crate::shard::header_number(&h[148..156])
             .ok_or_else(|| header_err(pos, "unreadable checksum field".into()))?;
         let sum: u64 = h
             .iter()
@@ -78,11 +64,11 @@ pub fn parse_sample(
         if &h[257..262] != b"ustar" {
             return Err(header_err(pos, "not a ustar header".into()));
         }
-        let size = octal(&h[124..136])
+        let size = crate::shard::header_number(&h[124..136])
             .ok_or_else(|| header_err(pos, "unreadable size field".into()))?
             as usize;
-        let mut name = cstr(&h[0..100]).to_vec();
-        let prefix = cstr(&h[345..500]);
+        let mut name = crate::shard::header_str(&h[0..100]).to_vec();
+        let prefix = crate::shard::header_str(&h[345..500]);
         if !prefix.is_empty() {
             name = [prefix, b"/", &name].concat();
         }

@@ -16,7 +16,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 pub use energon::{write_energon_meta, ENERGON_VERSION};
-pub(crate) use reader::{check_safe_name, split_member_name};
+pub(crate) use reader::{check_safe_name, header_number, header_str, split_member_name};
 pub use reader::{read_index, read_samples};
 
 use tar_writer::{check_key, check_suffix, HashingWriter};

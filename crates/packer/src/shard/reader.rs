@@ -32,6 +32,25 @@ pub fn read_index(path: impl AsRef<Path>) -> io::Result<Vec<u64>> {
 /// Split a member name the webdataset way: the key is everything up to the first `.` of the
 /// basename (a directory part stays in the key), the suffix is the rest. `None` when the
 /// basename has no `.` or nothing before it.
+/// A numeric tar header field: octal text, or GNU base-256 (high bit set) for huge values.
+pub(crate) fn header_number(field: &[u8]) -> Option<u64> {
+    if field.first()? & 0x80 != 0 {
+        return Some(field[1..].iter().fold(0u64, |a, &b| (a << 8) | b as u64));
+    }
+    let s = std::str::from_utf8(field).ok()?;
+    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
+    if s.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(s, 8).ok()
+}
+
+/// A NUL-terminated tar header string field.
+pub(crate) fn header_str(field: &[u8]) -> &[u8] {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    &field[..end]
+}
+
 pub(crate) fn split_member_name(name: &str) -> Option<(&str, &str)> {
     let base_start = name.rfind('/').map_or(0, |i| i + 1);
     let dot = base_start + name[base_start..].find('.')?;
