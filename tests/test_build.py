@@ -288,3 +288,33 @@ def test_build_output_reads_in_tar_webdataset_and_energon(mixed_corpus, tmp_path
         assert len(images) == len(meta["images"])
         for tensor, img in zip(images, meta["images"], strict=False):
             assert tuple(tensor.shape[-2:]) == (img["height"], img["width"])
+
+
+def test_parquet_with_embedded_images_builds_like_the_mid_training_corpus(tmp_path, photo_rgb):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import jpeg_bytes
+
+    rows = []
+    for i in range(12):
+        crop = photo_rgb[i * 10 : i * 10 + 200, i * 5 : i * 5 + 260]
+        rows.append({"id": f"mid-{i}", "image": {"bytes": jpeg_bytes(crop), "path": f"{i}.jpg"},
+                     "caption": f"caption {i}"})
+    rows.append({"id": "mid-null", "image": None, "caption": "no image"})
+    table = pa.Table.from_pylist(rows)
+    for part in range(2):  # a glob over two files, as the published corpus is split
+        pq.write_table(table.slice(part * 7, 7), tmp_path / f"part-{part}.parquet",
+                       row_group_size=3)
+    out = tmp_path / "out"
+    manifest = build(Path(str(tmp_path / "part-*.parquet")), out)
+    assert manifest["totals"]["records"] == 13
+    assert manifest["totals"]["samples"] == 12
+    [rej] = read_jsonl(out / "rejects.jsonl")
+    assert rej["file"].endswith("part-1.parquet") and "null" in rej["reason"]
+    members = _members_by_key(out)
+    assert sorted(members) == sorted(f"mid-{i}" for i in range(12))
+    for i in range(12):
+        meta = json.loads(members[f"mid-{i}"]["json"])
+        assert meta["caption"] == f"caption {i}"
+        assert meta["images"][0]["path"] == f"{i}.jpg"
+        assert members[f"mid-{i}"]["jpg"] == rows[i]["image"]["bytes"]
