@@ -293,6 +293,7 @@ def test_build_output_reads_in_tar_webdataset_and_energon(mixed_corpus, tmp_path
 def test_parquet_with_embedded_images_builds_like_the_mid_training_corpus(tmp_path, photo_rgb):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from conftest import jpeg_bytes
 
     rows = []
