@@ -12,7 +12,7 @@ help: ## list the targets
 setup: ## create/reuse the cached venv and build the native extension (release)
 	scripts/setup.sh
 
-demo: setup ## generate a demo corpus and run `llava-pack build` on it
+demo: setup ## demo corpus → llava-pack build → pack → tiny train → convert → eval
 	$(PY) -m llava_ov15.demo --out demo-out
 
 test: setup ## all tests: Rust (cargo test) and Python (pytest)
@@ -33,9 +33,10 @@ fmt: ## format Rust and Python sources
 	cargo fmt --all
 	$(VENV)/bin/ruff check --fix python tests benches
 
-bench: setup ## criterion benches + build comparison against the Python peer
+bench: setup ## criterion benches + every benches/*.py (ratios against peers in the same run)
 	cargo bench -p llava-packer
-	$(PY) benches/compare_build.py
+	for b in compare_build preprocess loader_iter pack_fill model_forward train_step; do \
+		$(PY) benches/$$b.py || exit 1; done
 
 wheel: ## build a release wheel into dist/
 	$(VENV)/bin/maturin build --release --out dist
