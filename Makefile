@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV = $(shell SKIP_BUILD=1 scripts/setup.sh 2>/dev/null | tail -n 1)
 PY = $(VENV)/bin/python
 
-.PHONY: help setup build demo test test-rust test-python lint fmt bench wheel clean
+.PHONY: help setup demo test test-rust test-python lint fmt bench wheel clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
