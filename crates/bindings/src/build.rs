@@ -2,7 +2,7 @@
 //! answering Ctrl-C (the job then stops at the next chunk, leaving a resumable checkpoint).
 use std::path::PathBuf;
 
-use packer::{BuildOptions, DedupMode, PhashMode, Progress};
+use packer::{BuildOptions, DedupMode, PhashMode};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -13,18 +13,6 @@ fn parse_phash(s: &str) -> PyResult<PhashMode> {
         "off" => Ok(PhashMode::Off),
         _ => Err(PyValueError::new_err(format!(
             "--phash must be fast, exact or off, not {s:?}"
-        ))),
-    }
-}
-
-fn parse_progress(s: &str) -> PyResult<Progress> {
-    match s {
-        "auto" => Ok(Progress::Auto),
-        "bar" => Ok(Progress::Bar),
-        "log" => Ok(Progress::Log),
-        "quiet" => Ok(Progress::Quiet),
-        _ => Err(PyValueError::new_err(format!(
-            "--progress must be auto, bar, log or quiet, not {s:?}"
         ))),
     }
 }
@@ -81,7 +69,7 @@ fn build(
     }
     o.resume = resume;
     o.overwrite = overwrite;
-    o.progress = parse_progress(progress)?;
+    o.progress = crate::parse_progress(progress)?;
     o.validate().map_err(crate::to_py_err)?;
 
     let summary = crate::run_cancellable(py, "llava-pack-build", move |cancel| {

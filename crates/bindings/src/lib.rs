@@ -91,6 +91,19 @@ pub(crate) fn run_cancellable<T: Send + 'static>(
     result.map_err(crate::to_py_err)
 }
 
+/// `progress=` of the long-running jobs.
+pub(crate) fn parse_progress(s: &str) -> PyResult<packer::Progress> {
+    match s {
+        "auto" => Ok(packer::Progress::Auto),
+        "bar" => Ok(packer::Progress::Bar),
+        "log" => Ok(packer::Progress::Log),
+        "quiet" => Ok(packer::Progress::Quiet),
+        _ => Err(PyValueError::new_err(format!(
+            "--progress must be auto, bar, log or quiet, not {s:?}"
+        ))),
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();

@@ -5,22 +5,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bucketer::pack::{pack as bfd, summarize, PackConfig};
-use packer::{BucketsOptions, PackOptions, Progress};
+use packer::{BucketsOptions, PackOptions};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-
-fn parse_progress(s: &str) -> PyResult<Progress> {
-    match s {
-        "auto" => Ok(Progress::Auto),
-        "bar" => Ok(Progress::Bar),
-        "log" => Ok(Progress::Log),
-        "quiet" => Ok(Progress::Quiet),
-        _ => Err(PyValueError::new_err(format!(
-            "--progress must be auto, bar, log or quiet, not {s:?}"
-        ))),
-    }
-}
 
 /// Pack built shards into fixed-capacity packed shards; returns the summary as JSON.
 #[pyfunction]
@@ -56,7 +44,7 @@ fn pack(
     o.workers = workers;
     o.resume = resume;
     o.overwrite = overwrite;
-    o.progress = parse_progress(progress)?;
+    o.progress = crate::parse_progress(progress)?;
     o.validate().map_err(crate::to_py_err)?;
     let s = crate::run_cancellable(py, "llava-pack-pack", move |c| packer::pack(&o, c))?;
     Ok(serde_json::to_string(&s).expect("summary serialises"))
@@ -85,7 +73,7 @@ fn buckets(
         min_pixels,
         max_pixels,
         workers,
-        progress: parse_progress(progress)?,
+        progress: crate::parse_progress(progress)?,
     };
     let v = crate::run_cancellable(py, "llava-pack-buckets", move |c| packer::buckets(&o, c))?;
     Ok(serde_json::to_string(&v).expect("json"))
