@@ -158,7 +158,7 @@ def test_kill_9_then_resume_is_byte_identical(shards, packed, tokenizer, tmp_pat
         for _ in range(2):
             p = subprocess.Popen(cmd + (["--resume"] if out.exists() else []),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.3, max(0.4, seconds * 0.9)))
+            time.sleep(rng.uniform(0.05, max(0.1, seconds * 0.7)))
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 kills += 1
