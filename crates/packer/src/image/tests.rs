@@ -273,7 +273,8 @@ fn bomb_header_rejected_before_decode() {
     png.extend(png_chunk(b"IEND", &[]));
     let info = probe(&png).unwrap();
     assert_eq!((info.width, info.height), (50_000, 50_000));
-    let t = std::time::Instant::now();
+    // `TooLarge` (not an allocation failure or a decode error) shows the check ran before any
+    // decoding: a real decode of 50000×50000 would need 7.5 GB.
     for mode in [PhashMode::Exact, PhashMode::Fast, PhashMode::Off] {
         let e = analyze(&png, mode, true, &LIM).unwrap_err();
         assert!(
@@ -290,7 +291,6 @@ fn bomb_header_rejected_before_decode() {
         analyze(&big, PhashMode::Exact, true, &LIM),
         Err(ImageError::TooLarge { .. })
     ));
-    assert!(t.elapsed().as_millis() < 500);
 }
 
 #[test]
