@@ -20,6 +20,13 @@ __all__ = ["build", "pack", "buckets", "PackError",
 FORMAT_VERSION: int = _native.FORMAT_VERSION
 
 
+def _non_negative(**values: int) -> None:
+    """Counts cross into Rust as unsigned integers: reject negatives with a clear message."""
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{name} must not be negative, got {value}")
+
+
 def build(
     input: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -46,10 +53,7 @@ def build(
     (all PackError) for job-level failures. Per-sample problems are never raised: they are
     recorded in ``rejects.jsonl`` and counted in ``stats.json``.
     """
-    for name, value in (("shard_size", shard_size), ("samples_per_shard", samples_per_shard),
-                        ("workers", workers)):
-        if value < 0:
-            raise ValueError(f"{name} must not be negative, got {value}")
+    _non_negative(shard_size=shard_size, samples_per_shard=samples_per_shard, workers=workers)
     summary = _native.build(
         os.fspath(input),
         os.fspath(output),
@@ -94,10 +98,8 @@ def pack(
     Writes packed shards (one tar sample per pack), ``.tar.idx``, ``.nv-meta/``,
     ``manifest.json``, ``pack_stats.json`` and ``rejects.jsonl``; returns the summary.
     """
-    for name, value in (("max_len", max_len), ("packs_per_shard", packs_per_shard),
-                        ("shard_size", shard_size), ("workers", workers)):
-        if value < 0:
-            raise ValueError(f"{name} must not be negative, got {value}")
+    _non_negative(max_len=max_len, packs_per_shard=packs_per_shard, shard_size=shard_size,
+                  workers=workers)
     if max_image_tokens is not None and max_image_tokens <= 0:
         raise ValueError(f"max_image_tokens must be positive, got {max_image_tokens}")
     summary = _native.pack(
@@ -125,8 +127,7 @@ def buckets(
     Writes ``output/buckets.json`` and (``plots=True``, needs matplotlib) PNG histograms;
     returns the buckets document.
     """
-    if workers < 0:
-        raise ValueError(f"workers must not be negative, got {workers}")
+    _non_negative(workers=workers)
     doc = json.loads(_native.buckets(
         os.fspath(input), os.fspath(output), os.fspath(tokenizer), min_pixels=min_pixels,
         max_pixels=max_pixels, workers=workers, progress=progress,
