@@ -66,6 +66,16 @@ struct Raw {
 
 /// Decode a JPEG to Pillow-equivalent "L" pixels (or a DCT-scaled approximation in fast mode).
 pub fn decode_gray(bytes: &[u8], mode: JpegDecode) -> Result<Gray, ImageError> {
+    if let JpegDecode::Fast { min_side } = mode {
+        if let Some(g) = super::jpeg_dc::decode_dc_gray(bytes, min_side) {
+            return Ok(g);
+        }
+    }
+    decode_gray_libjpeg(bytes, mode)
+}
+
+/// [`decode_gray`] through libjpeg only (the reference the DC-only decoder is tested against).
+pub(super) fn decode_gray_libjpeg(bytes: &[u8], mode: JpegDecode) -> Result<Gray, ImageError> {
     let raw = decode_raw(bytes, mode)?;
     let px = match raw.components {
         1 => raw.px,

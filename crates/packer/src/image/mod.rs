@@ -12,6 +12,7 @@
 
 mod decode;
 mod jpeg;
+mod jpeg_dc;
 mod phash;
 mod pillow;
 mod probe;
