@@ -14,14 +14,19 @@
 //! data running out, an unexpected marker — returns `None`, and the caller decodes with
 //! libjpeg as before, so corrupt files get exactly the old result and reject reason.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use super::pillow::Gray;
 
 /// Window of the multi-symbol AC skip table.
 const AC_BITS: u32 = 12;
 /// Window of the DC table.
-const DC_BITS: u32 = 9;
-/// Zero bytes after the unstuffed scan: a block reads at most ~250 bytes past its start.
-const PAD: usize = 512;
+const DC_BITS: u32 = 10;
+/// Zero bytes after the unstuffed scan. The position is checked against the end before every
+/// MCU, and one MCU reads at most 10 blocks × 209 bytes (27 DC bits + 63 × 26 AC bits), so
+/// reads never leave the buffer.
+const PAD: usize = 4096;
 
 #[derive(Clone, Copy, Default)]
 struct Comp {
@@ -183,6 +188,8 @@ struct Canonical {
     /// (code, length, symbol) in code order.
     codes: Vec<(u32, u8, u8)>,
     vals: Vec<u8>,
+    /// The DHT definition (counts, then values): what identifies the table across images.
+    key: Vec<u8>,
 }
 
 impl Canonical {
@@ -213,6 +220,7 @@ impl Canonical {
             valoff,
             codes,
             vals: vals.to_vec(),
+            key: counts.iter().chain(vals).copied().collect(),
         })
     }
 
@@ -247,7 +255,7 @@ impl Canonical {
 /// must not run past coefficient 63, and an EOB must come before the block is full); the group
 /// advances `k` by `64 - limit` (by `63 - limit` before its EOB). `limit = 0` sends every `k`
 /// to the exact one-symbol path (long codes).
-fn ac_skip_table(t: &Canonical) -> Vec<u16> {
+fn ac_skip_table(t: &Canonical) -> Box<[u16; 1 << AC_BITS]> {
     let single = t.lut(AC_BITS);
     let mask = (1u32 << AC_BITS) - 1;
     let entry = |used: u32, adv: u32, eob: bool| -> u16 {
@@ -257,38 +265,101 @@ fn ac_skip_table(t: &Canonical) -> Vec<u16> {
         let limit = if eob { 63 - adv } else { 64 - adv };
         (used | limit << 5 | (eob as u32) << 12) as u16
     };
-    (0..1u32 << AC_BITS)
-        .map(|w| {
-            let (mut used, mut adv) = (0u32, 0u32);
-            loop {
-                let e = single[((w << used) & mask) as usize] as u32;
-                let (len, rs) = (e >> 8, e & 0xFF);
-                if len == 0 || used + len > AC_BITS {
-                    break;
-                }
-                let (r, s) = (rs >> 4, rs & 15);
-                if rs == 0 {
-                    return entry(used + len, adv, true);
-                }
-                let (step, extra) = if s == 0 {
-                    if r != 15 {
-                        // A run without EOB or ZRL meaning: leave it to the exact path.
-                        break;
-                    }
-                    (16, 0)
-                } else {
-                    (r + 1, s)
-                };
-                // adv = 0 with no EOB can't happen; keep limit < 64 so it stays a real bound.
-                if used + len + extra > AC_BITS || adv + step > 63 {
-                    break;
-                }
-                used += len + extra;
-                adv += step;
+    let mut out = Box::new([0u16; 1 << AC_BITS]);
+    for (w, slot) in (0..1u32 << AC_BITS).zip(out.iter_mut()) {
+        let (mut used, mut adv) = (0u32, 0u32);
+        *slot = loop {
+            let e = single[((w << used) & mask) as usize] as u32;
+            let (len, rs) = (e >> 8, e & 0xFF);
+            if len == 0 || used + len > AC_BITS {
+                break entry(used, adv, false);
             }
-            entry(used, adv, false)
-        })
-        .collect()
+            let (r, s) = (rs >> 4, rs & 15);
+            if rs == 0 {
+                break entry(used + len, adv, true);
+            }
+            let (step, extra) = if s == 0 {
+                if r != 15 {
+                    // A run without EOB or ZRL meaning: leave it to the exact path.
+                    break entry(used, adv, false);
+                }
+                (16, 0)
+            } else {
+                (r + 1, s)
+            };
+            // adv = 0 with no EOB can't happen; keep limit < 64 so it stays a real bound.
+            if used + len + extra > AC_BITS || adv + step > 63 {
+                break entry(used, adv, false);
+            }
+            used += len + extra;
+            adv += step;
+        };
+    }
+    out
+}
+
+/// DC table entry: a code and its magnitude bits that fit the window in one go give
+/// `total bits | DC_FULL | difference << 16`; a code that fits but whose magnitude bits do not
+/// gives `code length << 8 | magnitude size` (bit 4 clear); 0 = longer code (exact path).
+const DC_FULL: u32 = 1 << 7;
+
+fn dc_table(t: &Canonical) -> Box<[u32; 1 << DC_BITS]> {
+    let mut out = Box::new([0u32; 1 << DC_BITS]);
+    for &(code, len, s) in &t.codes {
+        let (len, s) = (len as u32, s as u32);
+        if len > DC_BITS {
+            continue;
+        }
+        let lo = (code << (DC_BITS - len)) as usize;
+        let span = 1usize << (DC_BITS - len);
+        for (i, slot) in out[lo..lo + span].iter_mut().enumerate() {
+            *slot = if len + s <= DC_BITS {
+                let v = (i as u32) >> (DC_BITS - len - s);
+                let diff = extend(v, s) as i16 as u16 as u32;
+                (len + s) | DC_FULL | diff << 16
+            } else {
+                len << 8 | s
+            };
+        }
+    }
+    out
+}
+
+/// Decoding tables of one Huffman table pair, shared by every image that uses the same DHT
+/// contents (most encoders emit the standard tables, so building them is usually skipped).
+struct Tables {
+    dc: Canonical,
+    ac: Canonical,
+    dc_lut: Box<[u32; 1 << DC_BITS]>,
+    ac_skip: Box<[u16; 1 << AC_BITS]>,
+}
+
+/// Tables for `dc` + `ac`, from a small per-thread cache.
+fn tables(dc: &Canonical, ac: &Canonical) -> Rc<Tables> {
+    const KEEP: usize = 8;
+    thread_local! {
+        static CACHE: RefCell<Vec<Rc<Tables>>> = const { RefCell::new(Vec::new()) };
+    }
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(i) = c
+            .iter()
+            .position(|t| t.dc.key == dc.key && t.ac.key == ac.key)
+        {
+            let t = c.remove(i);
+            c.insert(0, t.clone());
+            return t;
+        }
+        let t = Rc::new(Tables {
+            dc_lut: dc_table(dc),
+            ac_skip: ac_skip_table(ac),
+            dc: dc.clone(),
+            ac: ac.clone(),
+        });
+        c.insert(0, t.clone());
+        c.truncate(KEEP);
+        t
+    })
 }
 
 /// `jpeg_idct_1x1` + the post-IDCT range-limit table of libjpeg (`prepare_range_limit_table`),
@@ -441,20 +512,25 @@ pub(super) fn decode_dc_gray(bytes: &[u8], min_side: u32) -> Option<Gray> {
     if q > i16::MAX as i32 {
         return None;
     }
-    // Tables for every scan component, built once per image.
-    let mut dcl = Vec::new();
-    let mut acl = Vec::new();
-    for &(_, td, ta) in &h.scan {
+    let interleaved = h.scan.len() > 1;
+    // One MCU in stream order: per scan component, its tables and its blocks (h × v when
+    // interleaved, else one); only Y's DC values are needed, the rest is skipped.
+    let mut plan = Vec::with_capacity(h.scan.len());
+    for &(ci, td, ta) in &h.scan {
         let dc = h.dc[td].as_ref()?;
         if dc.vals.iter().any(|&s| s > 11) {
             return None;
         }
-        dcl.push(dc.lut(DC_BITS));
-        acl.push(ac_skip_table(h.ac[ta].as_ref()?));
+        let c = h.comps[ci];
+        let n = if interleaved {
+            c.h as usize * c.v as usize
+        } else {
+            1
+        };
+        plan.push((ci == 0, n, tables(dc, h.ac[ta].as_ref()?)));
     }
     let (w, ht) = (h.width, h.height);
     let (out_w, out_h) = (w.div_ceil(8) as usize, ht.div_ceil(8) as usize);
-    let interleaved = h.scan.len() > 1;
     let (mcux, mcuy) = if interleaved {
         (w.div_ceil(8 * hmax as u32), ht.div_ceil(8 * vmax as u32))
     } else {
@@ -466,9 +542,16 @@ pub(super) fn decode_dc_gray(bytes: &[u8], min_side: u32) -> Option<Gray> {
     } else {
         h.restart as u64
     };
+    let (yh, yv) = if interleaved {
+        (y.h as usize, y.v as usize)
+    } else {
+        (1, 1)
+    };
 
+    /// The unstuffed scan and its restart intervals, reused across images.
+    type Scratch = (Vec<u8>, Vec<(usize, usize)>);
     thread_local! {
-        static BUF: std::cell::RefCell<(Vec<u8>, Vec<(usize, usize)>)> = Default::default();
+        static BUF: RefCell<Scratch> = Default::default();
     }
     BUF.with(|cell| {
         let (clean, segs) = &mut *cell.borrow_mut();
@@ -476,57 +559,36 @@ pub(super) fn decode_dc_gray(bytes: &[u8], min_side: u32) -> Option<Gray> {
         if segs.len() as u64 != total.div_ceil(per_seg) {
             return None;
         }
-        // One MCU's blocks in stream order: (scan slot, Y block offset within the MCU).
-        let mut layout: Vec<(usize, Option<(usize, usize)>)> = Vec::with_capacity(10);
-        for (si, &(ci, _, _)) in h.scan.iter().enumerate() {
-            let c = h.comps[ci];
-            let (bh, bv) = if interleaved {
-                (c.h as usize, c.v as usize)
-            } else {
-                (1, 1)
-            };
-            for by in 0..bv {
-                for bx in 0..bh {
-                    layout.push((si, (ci == 0).then_some((bx, by))));
-                }
-            }
-        }
-        let (yh, yv) = if interleaved {
-            (y.h as usize, y.v as usize)
-        } else {
-            (1, 1)
-        };
-        let tabs: Vec<Tables<'_>> = h
-            .scan
-            .iter()
-            .enumerate()
-            .map(|(si, &(_, td, ta))| {
-                Some(Tables {
-                    dc_lut: &dcl[si],
-                    ac_skip: &acl[si],
-                    dc: h.dc[td].as_ref()?,
-                    ac: h.ac[ta].as_ref()?,
-                })
-            })
-            .collect::<Option<_>>()?;
         let mut px = vec![0u8; out_w * out_h];
+        // Y's DC values of one MCU, in block order (at most 4 × 4).
+        let mut ys = [0i16; 16];
         let (mut mx, mut my, mut mcu) = (0usize, 0usize, 0u64);
         for &(s0, s1) in segs.iter() {
             let end = s1 * 8;
             let mut bits = Bits::new(clean, s0);
-            let mut pred = [0i32; 4];
+            let mut pred = 0i32;
             for _ in 0..per_seg.min(total - mcu) {
                 if bits.pos() > end {
                     return None;
                 }
-                for &(si, yoff) in &layout {
-                    let dc = decode_block(&mut bits, &tabs[si])?;
-                    pred[si] = pred[si].wrapping_add(dc);
-                    if let Some((bx, by)) = yoff {
-                        let (x, y) = (mx * yh + bx, my * yv + by);
-                        if x < out_w && y < out_h {
-                            px[y * out_w + x] = idct_1x1(pred[si] as i16, q);
+                for (is_y, n, t) in &plan {
+                    if *is_y {
+                        for v in &mut ys[..*n] {
+                            pred = pred.wrapping_add(dc_diff(&mut bits, t)?);
+                            *v = pred as i16;
+                            skip_ac(&mut bits, t)?;
                         }
+                    } else {
+                        for _ in 0..*n {
+                            skip_dc(&mut bits, t)?;
+                            skip_ac(&mut bits, t)?;
+                        }
+                    }
+                }
+                for (i, &v) in ys[..yh * yv].iter().enumerate() {
+                    let (x, y) = (mx * yh + i % yh, my * yv + i / yh);
+                    if x < out_w && y < out_h {
+                        px[y * out_w + x] = idct_1x1(v, q);
                     }
                 }
                 mcu += 1;
@@ -548,20 +610,15 @@ pub(super) fn decode_dc_gray(bytes: &[u8], min_side: u32) -> Option<Gray> {
     })
 }
 
-/// Decoding tables of one scan component.
-struct Tables<'a> {
-    dc_lut: &'a [u16],
-    ac_skip: &'a [u16],
-    dc: &'a Canonical,
-    ac: &'a Canonical,
-}
-
-/// One block: the DC difference, AC codes skipped. `None` on an invalid code or a run past
-/// coefficient 63 (libjpeg tolerates those; the fallback reproduces whatever it does).
+/// A block's DC difference. `None` on an invalid code.
 #[inline(always)]
-fn decode_block(b: &mut Bits<'_>, t: &Tables<'_>) -> Option<i32> {
+fn dc_diff(b: &mut Bits<'_>, t: &Tables) -> Option<i32> {
     b.refill();
-    let e = t.dc_lut[b.peek(DC_BITS) as usize] as u32;
+    let e = t.dc_lut[b.peek(DC_BITS) as usize];
+    if e & DC_FULL != 0 {
+        b.consume(e & 0x1F);
+        return Some((e >> 16) as u16 as i16 as i32);
+    }
     let (len, s) = if e != 0 {
         (e >> 8, e & 0xFF)
     } else {
@@ -569,13 +626,35 @@ fn decode_block(b: &mut Bits<'_>, t: &Tables<'_>) -> Option<i32> {
         (l, s as u32)
     };
     b.consume(len);
-    let diff = if s > 0 {
-        let v = b.peek(s);
-        b.consume(s);
-        extend(v, s)
+    if s == 0 {
+        return Some(0);
+    }
+    let v = b.peek(s);
+    b.consume(s);
+    Some(extend(v, s))
+}
+
+/// Skip a block's DC code and magnitude bits (chroma: the value is not needed).
+#[inline(always)]
+fn skip_dc(b: &mut Bits<'_>, t: &Tables) -> Option<()> {
+    b.refill();
+    let e = t.dc_lut[b.peek(DC_BITS) as usize];
+    let used = if e & DC_FULL != 0 {
+        e & 0x1F
+    } else if e != 0 {
+        (e >> 8) + (e & 0xFF)
     } else {
-        0
+        let (l, s) = t.dc.decode_slow(b.acc)?;
+        l + s as u32
     };
+    b.consume(used);
+    Some(())
+}
+
+/// Skip a block's AC codes. `None` on an invalid code or a run past coefficient 63 (libjpeg
+/// tolerates those; the fallback reproduces whatever it does).
+#[inline(always)]
+fn skip_ac(b: &mut Bits<'_>, t: &Tables) -> Option<()> {
     let mut k = 1u32;
     while k < 64 {
         if b.n < AC_BITS {
@@ -610,7 +689,7 @@ fn decode_block(b: &mut Bits<'_>, t: &Tables<'_>) -> Option<i32> {
             break; // EOB (r == 0); EOBn only exists in progressive scans
         }
     }
-    Some(diff)
+    Some(())
 }
 
 #[cfg(test)]
