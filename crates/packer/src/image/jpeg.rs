@@ -56,14 +56,6 @@ unsafe fn format_message(cinfo: &mut jpeg_common_struct) -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Decoded scanlines: width, height, components per pixel (1, 3 or 4 = Adobe-inverted CMYK).
-struct Raw {
-    width: u32,
-    height: u32,
-    components: usize,
-    px: Vec<u8>,
-}
-
 /// Decode a JPEG to Pillow-equivalent "L" pixels (or a DCT-scaled approximation in fast mode).
 pub fn decode_gray(bytes: &[u8], mode: JpegDecode) -> Result<Gray, ImageError> {
     if let JpegDecode::Fast { min_side } = mode {
@@ -76,45 +68,42 @@ pub fn decode_gray(bytes: &[u8], mode: JpegDecode) -> Result<Gray, ImageError> {
 
 /// [`decode_gray`] through libjpeg only (the reference the DC-only decoder is tested against).
 pub(super) fn decode_gray_libjpeg(bytes: &[u8], mode: JpegDecode) -> Result<Gray, ImageError> {
-    let raw = decode_raw(bytes, mode)?;
-    let px = match raw.components {
-        1 => raw.px,
-        3 => rgb_to_l_all(&raw.px),
+    // Converted chunk by chunk, so the full-size colour image is never stored.
+    let mut px = Vec::new();
+    let (width, height) = decode_rows(bytes, mode, |rows, nc| match nc {
+        1 => px.extend_from_slice(rows),
+        3 => px.extend_from_slice(&rgb_to_l_all(rows)),
         // libjpeg hands out Adobe-inverted CMYK; Pillow's "CMYK;I" rawmode inverts it back.
-        _ => raw
-            .px
-            .chunks_exact(4)
-            .map(|p| cmyk_to_l(255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]))
-            .collect(),
-    };
-    Ok(Gray {
-        width: raw.width,
-        height: raw.height,
-        px,
-    })
+        _ => px.extend(
+            rows.chunks_exact(4)
+                .map(|p| cmyk_to_l(255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3])),
+        ),
+    })?;
+    Ok(Gray { width, height, px })
 }
 
 /// Decode a JPEG to the pixels of Pillow's `Image.open(...).convert("RGB")`: full size, ISLOW
 /// IDCT, fancy upsampling; "L" is replicated into three bands, CMYK goes through `cmyk2rgb`.
 pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, ImageError> {
-    let raw = decode_raw(bytes, JpegDecode::Exact)?;
-    let px = match raw.components {
-        3 => raw.px,
-        1 => raw.px.iter().flat_map(|&v| [v, v, v]).collect(),
-        _ => raw
-            .px
-            .chunks_exact(4)
-            .flat_map(|p| cmyk_to_rgb(255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]))
-            .collect(),
-    };
-    Ok(Rgb {
-        width: raw.width,
-        height: raw.height,
-        px,
-    })
+    let mut px = Vec::new();
+    let (width, height) = decode_rows(bytes, JpegDecode::Exact, |rows, nc| match nc {
+        3 => px.extend_from_slice(rows),
+        1 => px.extend(rows.iter().flat_map(|&v| [v, v, v])),
+        _ => px.extend(
+            rows.chunks_exact(4)
+                .flat_map(|p| cmyk_to_rgb(255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3])),
+        ),
+    })?;
+    Ok(Rgb { width, height, px })
 }
 
-fn decode_raw(bytes: &[u8], mode: JpegDecode) -> Result<Raw, ImageError> {
+/// Decode, handing `sink` consecutive groups of whole output rows with the number of
+/// components per pixel (1, 3, or 4 = Adobe-inverted CMYK); returns the output size.
+fn decode_rows(
+    bytes: &[u8],
+    mode: JpegDecode,
+    mut sink: impl FnMut(&[u8], usize),
+) -> Result<(u32, u32), ImageError> {
     // SAFETY: the structs are zero-initialised as libjpeg expects before jpeg_create_*; all
     // libjpeg calls happen inside catch_unwind and the decompressor is destroyed afterwards
     // whatever happened (jpeg_destroy on a half-created object is safe: it checks `mem`).
@@ -125,7 +114,9 @@ fn decode_raw(bytes: &[u8], mode: JpegDecode) -> Result<Raw, ImageError> {
         e.error_exit = Some(error_exit);
         e.emit_message = Some(emit_message);
         cinfo.common.err = e;
-        let res = catch_unwind(AssertUnwindSafe(|| decode_inner(&mut cinfo, bytes, mode)));
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            decode_inner(&mut cinfo, bytes, mode, &mut sink)
+        }));
         jpeg_destroy_decompress(&mut cinfo);
         match res {
             Ok(r) => r,
@@ -150,7 +141,8 @@ unsafe fn decode_inner(
     cinfo: &mut jpeg_decompress_struct,
     bytes: &[u8],
     mode: JpegDecode,
-) -> Result<Raw, ImageError> {
+    sink: &mut impl FnMut(&[u8], usize),
+) -> Result<(u32, u32), ImageError> {
     jpeg_create_decompress(cinfo);
     jpeg_mem_src(cinfo, bytes.as_ptr(), bytes.len() as c_ulong);
     jpeg_read_header(cinfo, 1);
@@ -191,30 +183,31 @@ unsafe fn decode_inner(
     let w = cinfo.output_width as usize;
     let h = cinfo.output_height as usize;
     let nc = cinfo.output_components as usize;
+    if !matches!(nc, 1 | 3 | 4) {
+        unreachable!("output_components checked above");
+    }
+    // A band of rows, reused: libjpeg returns at most `rec_outbuf_height` (≤ 4) rows a call.
+    const BAND: usize = 16;
     let stride = w * nc;
-    let mut buf = vec![0u8; stride * h];
-    let mut rows: Vec<*mut u8> = buf
-        .chunks_exact_mut(stride.max(1))
-        .map(|r| r.as_mut_ptr())
-        .collect();
+    let mut buf = vec![0u8; stride * BAND];
+    // Every access (libjpeg's writes, our reads) goes through this one pointer.
+    let base = buf.as_mut_ptr();
+    let mut rows: Vec<*mut u8> = (0..BAND).map(|i| base.add(i * stride)).collect();
     while (cinfo.output_scanline as usize) < h {
-        let at = cinfo.output_scanline as usize;
-        let got = jpeg_read_scanlines(cinfo, rows[at..].as_mut_ptr(), (h - at) as u32);
-        if got == 0 {
-            return Err(ImageError::Truncated { format: "jpeg" });
+        let want = (h - cinfo.output_scanline as usize).min(BAND);
+        let mut got = 0;
+        while got < want {
+            let n = jpeg_read_scanlines(cinfo, rows[got..].as_mut_ptr(), (want - got) as u32);
+            if n == 0 {
+                return Err(ImageError::Truncated { format: "jpeg" });
+            }
+            got += n as usize;
         }
+        sink(std::slice::from_raw_parts(base, got * stride), nc);
     }
     // Reads up to EOI: a progressive file missing its last scans, or a file without EOI,
     // warns JWRN_JPEG_EOF here.
     jpeg_finish_decompress(cinfo);
-    drop(rows);
-    if !matches!(nc, 1 | 3 | 4) {
-        unreachable!("output_components checked above");
-    }
-    Ok(Raw {
-        width: w as u32,
-        height: h as u32,
-        components: nc,
-        px: buf,
-    })
+    drop(buf);
+    Ok((w as u32, h as u32))
 }
