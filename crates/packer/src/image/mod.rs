@@ -15,6 +15,7 @@ mod jpeg;
 mod jpeg_dc;
 mod phash;
 mod pillow;
+mod png_fast;
 mod probe;
 mod reencode;
 pub mod vision;
@@ -196,6 +197,11 @@ fn decode_l(bytes: &[u8], info: &ImageInfo, mode: PhashMode) -> ImageResult<pill
             jpeg::decode_gray(bytes, m)
         }
         ImageFormat::Gif => decode::gif_first_frame_l(bytes, info),
+        // Common 8-bit PNGs; anything else (or anything suspect) takes the `image` path.
+        ImageFormat::Png => match png_fast::decode_png_l(bytes) {
+            Some(gray) => Ok(gray),
+            None => decode::decode_dynamic(bytes, info).map(|img| decode::to_pillow_l(&img, info)),
+        },
         _ => decode::decode_dynamic(bytes, info).map(|img| decode::to_pillow_l(&img, info)),
     }
 }
