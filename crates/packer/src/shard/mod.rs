@@ -61,7 +61,33 @@ pub struct ShardWriter {
     /// Byte offset of each sample's first header.
     offsets: Vec<u64>,
     last_key: String,
+    /// Bytes already handed to the kernel for writeback (see [`WRITEBACK_CHUNK`]).
+    kicked: u64,
 }
+
+/// Start writeback of every this many bytes while the shard is being written, so the fsync
+/// in [`ShardWriter::finish`] only waits for the tail instead of the whole shard (a 169 MB
+/// shard's fsync alone took 0.25-0.3 s here, serial at the end of the job).
+const WRITEBACK_CHUNK: u64 = 8 << 20;
+
+/// Ask the kernel to start writing `len` bytes at `offset` back to disk, without waiting:
+/// only a hint for throughput; durability still comes from the fsync at the end.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor with in-range values; failure is harmless.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 impl ShardWriter {
     /// Start `dir/{shard_name(prefix, index)}.partial` (truncating any stale partial).
@@ -76,6 +102,7 @@ impl ShardWriter {
             out: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
             offsets: Vec::new(),
             last_key: String::new(),
+            kicked: 0,
         })
     }
 
@@ -114,6 +141,12 @@ impl ShardWriter {
         }
         self.last_key.clear();
         self.last_key.push_str(key);
+        let buffered = self.out.get_ref();
+        let in_kernel = self.out.written() - buffered.buffer().len() as u64;
+        if in_kernel - self.kicked >= WRITEBACK_CHUNK {
+            start_writeback(buffered.get_ref(), self.kicked, in_kernel - self.kicked);
+            self.kicked = in_kernel;
+        }
         Ok(())
     }
 

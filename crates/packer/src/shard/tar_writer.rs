@@ -103,6 +103,10 @@ impl<W: Write> HashingWriter<W> {
         self.written
     }
 
+    pub(crate) fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
     /// Write one member: header, data, zero padding.
     pub(crate) fn write_member(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
         let header = member_header(name, data.len() as u64)?;
