@@ -695,6 +695,7 @@ fn skip_ac(b: &mut Bits<'_>, t: &Tables) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::super::jpeg::{decode_gray_libjpeg, JpegDecode};
+    use super::super::TestRng;
     use super::*;
     use mozjpeg_sys::*;
 
@@ -762,21 +763,8 @@ mod tests {
         }
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     /// Smooth gradients, hard edges and noise: DCs everywhere in range and large AC terms.
-    fn picture(w: u32, h: u32, nc: usize, rng: &mut Rng) -> Vec<u8> {
+    fn picture(w: u32, h: u32, nc: usize, rng: &mut TestRng) -> Vec<u8> {
         let noise = rng.below(60) as i64;
         let mut px = Vec::with_capacity((w * h) as usize * nc);
         for y in 0..h as i64 {
@@ -815,7 +803,7 @@ mod tests {
 
     #[test]
     fn equals_libjpeg_eighth_scale_on_baseline_files() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = TestRng(0x9E37_79B9_7F4A_7C15);
         let mut checked = 0;
         for case in 0..60 {
             let e = Enc {
@@ -843,7 +831,7 @@ mod tests {
 
     #[test]
     fn falls_back_where_it_must() {
-        let mut rng = Rng(7);
+        let mut rng = TestRng(7);
         let (w, h) = (300, 280);
         let px = picture(w, h, 3, &mut rng);
         let base = Enc {
@@ -885,7 +873,7 @@ mod tests {
     /// Whatever the damage, a `Some` must be exactly what libjpeg produces.
     #[test]
     fn corrupt_streams_never_disagree_with_libjpeg() {
-        let mut rng = Rng(0xDEAD_BEEF);
+        let mut rng = TestRng(0xDEAD_BEEF);
         let mut agreed = 0;
         for case in 0..400 {
             let e = Enc {

@@ -554,6 +554,7 @@ unsafe fn paeth_gray8_avx2(rows: &mut [&mut [u8]; 8], prev: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::TestRng;
     use super::super::{decode, probe};
     use super::*;
 
@@ -571,21 +572,8 @@ mod tests {
         assert_eq!(decode_png_l(bytes), Some(old));
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     /// Noise patches between smooth gradients, so every Paeth choice occurs.
-    fn pixels(w: usize, h: usize, ch: usize, rng: &mut Rng) -> Vec<u8> {
+    fn pixels(w: usize, h: usize, ch: usize, rng: &mut TestRng) -> Vec<u8> {
         let mut v = Vec::with_capacity(w * h * ch);
         for y in 0..h {
             for x in 0..w {
@@ -718,7 +706,7 @@ mod tests {
     #[test]
     fn matches_old_path_on_png_crate_files() {
         use png::{ColorType as C, Filter as F};
-        let mut rng = Rng(7);
+        let mut rng = TestRng(7);
         let filters = [F::NoFilter, F::Sub, F::Up, F::Avg, F::Paeth, F::Adaptive];
         for (ct, ch) in [
             (C::Grayscale, 1),
@@ -740,7 +728,7 @@ mod tests {
 
     #[test]
     fn matches_old_path_on_mixed_filters_and_chunks() {
-        let mut rng = Rng(11);
+        let mut rng = TestRng(11);
         // Runs of Paeth (the multi-row kernels) broken by the other filters.
         let patterns: [&[u8]; 6] = [
             &[4],
@@ -762,9 +750,9 @@ mod tests {
                     pre.push(chunk(b"tEXt", b"Comment\0hello"));
                     if ct == 3 {
                         // A short palette: indices past its end are black.
-                        let n = 1 + rng.below(256);
+                        let n = 1 + rng.index(256);
                         pre.push(chunk(b"PLTE", &pixels(n, 1, 3, &mut rng)));
-                        pre.push(chunk(b"tRNS", &pixels(rng.below(n + 1), 1, 1, &mut rng)));
+                        pre.push(chunk(b"tRNS", &pixels(rng.index(n + 1), 1, 1, &mut rng)));
                     }
                     let trns: &[u8] = match ct {
                         0 => &[0, 17],
@@ -786,7 +774,7 @@ mod tests {
     #[test]
     fn falls_back_on_what_it_does_not_handle() {
         // A valid 9x9 RGB file with every filter type, and ways to break it.
-        let raw = filter_rows(&pixels(9, 9, 3, &mut Rng(3)), 27, 3, &[0, 1, 2, 3, 4]);
+        let raw = filter_rows(&pixels(9, 9, 3, &mut TestRng(3)), 27, 3, &[0, 1, 2, 3, 4]);
         let z = zlib(&raw, 6);
         let rgb = |pre: &[Vec<u8>], z: &[u8]| assemble(ihdr(9, 9, 8, 2, 0), pre, z, usize::MAX);
         let ok = rgb(&[], &z);
@@ -875,7 +863,7 @@ mod tests {
     /// Fuzz: whatever corruption the fast path accepts, the old path accepts and agrees on.
     #[test]
     fn corrupted_files_never_disagree() {
-        let mut rng = Rng(99);
+        let mut rng = TestRng(99);
         let mut bases = Vec::new();
         for (ct, bpp) in [(0u8, 1usize), (2, 3), (3, 1), (6, 4)] {
             let px = pixels(19, 12, bpp, &mut rng);
@@ -891,20 +879,20 @@ mod tests {
         for round in 0..4000 {
             let (head, pre, raw) = &bases[round % bases.len()];
             let (mut head, mut raw) = (head.clone(), raw.clone());
-            let mode = rng.below(5);
+            let mode = rng.index(5);
             if mode == 1 {
                 // The inflated rows (filter bytes included), re-compressed with valid CRCs.
-                for _ in 0..1 + rng.below(3) {
-                    let i = rng.below(raw.len());
-                    raw[i] = if rng.below(2) == 0 {
+                for _ in 0..1 + rng.index(3) {
+                    let i = rng.index(raw.len());
+                    raw[i] = if rng.index(2) == 0 {
                         rng.next() as u8
                     } else {
-                        rng.below(6) as u8
+                        rng.index(6) as u8
                     };
                 }
             } else if mode == 2 {
                 // IHDR fields, with a valid CRC.
-                head[8 + rng.below(13)] = rng.next() as u8;
+                head[8 + rng.index(13)] = rng.next() as u8;
                 let crc = libdeflater::crc32(&head[4..17]).to_be_bytes();
                 head[17..21].copy_from_slice(&crc);
             }
@@ -913,7 +901,7 @@ mod tests {
                 // The DEFLATE stream, Adler-32 fixed up whenever it still inflates, so the
                 // two inflaters are compared rather than the checksum.
                 let l = z.len();
-                z[2 + rng.below(l - 6)] ^= 1 << rng.below(8);
+                z[2 + rng.index(l - 6)] ^= 1 << rng.index(8);
                 let mut out = vec![0; raw.len() + 64];
                 let mut d = libdeflater::Decompressor::new();
                 if let Ok(k) = d.deflate_decompress(&z[2..l - 4], &mut out) {
@@ -923,12 +911,12 @@ mod tests {
             let mut f = assemble(head, pre, &z, 64);
             if mode == 0 {
                 // Any bytes of the file.
-                for _ in 0..1 + rng.below(3) {
-                    let i = rng.below(f.len());
-                    f[i] ^= 1 << rng.below(8);
+                for _ in 0..1 + rng.index(3) {
+                    let i = rng.index(f.len());
+                    f[i] ^= 1 << rng.index(8);
                 }
             } else if mode == 3 {
-                f.truncate(rng.below(f.len()));
+                f.truncate(rng.index(f.len()));
             }
             if let Some(g) = decode_png_l(&f) {
                 accepted += 1;
