@@ -300,7 +300,7 @@ fn ac_skip_table(t: &Canonical) -> Box<[u16; 1 << AC_BITS]> {
 
 /// DC table entry: a code and its magnitude bits that fit the window in one go give
 /// `total bits | DC_FULL | difference << 16`; a code that fits but whose magnitude bits do not
-/// gives `code length << 8 | magnitude size` (bit 4 clear); 0 = longer code (exact path).
+/// gives `code length << 8 | magnitude size` (`DC_FULL` clear); 0 = longer code (exact path).
 const DC_FULL: u32 = 1 << 7;
 
 fn dc_table(t: &Canonical) -> Box<[u32; 1 << DC_BITS]> {
@@ -580,7 +580,8 @@ pub(super) fn decode_dc_gray(bytes: &[u8], min_side: u32) -> Option<Gray> {
                         }
                     } else {
                         for _ in 0..*n {
-                            skip_dc(&mut bits, t)?;
+                            // Chroma: the value is not needed, only its bits consumed.
+                            dc_diff(&mut bits, t)?;
                             skip_ac(&mut bits, t)?;
                         }
                     }
@@ -632,23 +633,6 @@ fn dc_diff(b: &mut Bits<'_>, t: &Tables) -> Option<i32> {
     let v = b.peek(s);
     b.consume(s);
     Some(extend(v, s))
-}
-
-/// Skip a block's DC code and magnitude bits (chroma: the value is not needed).
-#[inline(always)]
-fn skip_dc(b: &mut Bits<'_>, t: &Tables) -> Option<()> {
-    b.refill();
-    let e = t.dc_lut[b.peek(DC_BITS) as usize];
-    let used = if e & DC_FULL != 0 {
-        e & 0x1F
-    } else if e != 0 {
-        (e >> 8) + (e & 0xFF)
-    } else {
-        let (l, s) = t.dc.decode_slow(b.acc)?;
-        l + s as u32
-    };
-    b.consume(used);
-    Some(())
 }
 
 /// Skip a block's AC codes. `None` on an invalid code or a run past coefficient 63 (libjpeg
