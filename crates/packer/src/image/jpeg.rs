@@ -10,6 +10,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use mozjpeg_sys::*;
 
+use super::jpeg_hooks;
 use super::pillow::{cmyk_to_l, cmyk_to_rgb, rgb_to_l_all, Gray, Rgb};
 use super::ImageError;
 
@@ -68,9 +69,20 @@ pub fn decode_gray(bytes: &[u8], mode: JpegDecode) -> Result<Gray, ImageError> {
 
 /// [`decode_gray`] through libjpeg only (the reference the DC-only decoder is tested against).
 pub(super) fn decode_gray_libjpeg(bytes: &[u8], mode: JpegDecode) -> Result<Gray, ImageError> {
-    // Converted chunk by chunk, so the full-size colour image is never stored.
+    decode_gray_with(bytes, mode, true)
+}
+
+/// [`decode_gray_libjpeg`], optionally without the fused colour→"L" converter
+/// (`jpeg_hooks`; `false` is the plain-libjpeg reference it is tested against).
+pub(super) fn decode_gray_with(
+    bytes: &[u8],
+    mode: JpegDecode,
+    fused: bool,
+) -> Result<Gray, ImageError> {
+    // Converted chunk by chunk (or fused inside libjpeg), so the full-size colour image is
+    // never stored.
     let mut px = Vec::new();
-    let (width, height) = decode_rows(bytes, mode, |rows, nc| match nc {
+    let (width, height) = decode_rows(bytes, mode, fused, |rows, nc| match nc {
         1 => px.extend_from_slice(rows),
         3 => px.extend_from_slice(&rgb_to_l_all(rows)),
         // libjpeg hands out Adobe-inverted CMYK; Pillow's "CMYK;I" rawmode inverts it back.
@@ -86,7 +98,7 @@ pub(super) fn decode_gray_libjpeg(bytes: &[u8], mode: JpegDecode) -> Result<Gray
 /// IDCT, fancy upsampling; "L" is replicated into three bands, CMYK goes through `cmyk2rgb`.
 pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, ImageError> {
     let mut px = Vec::new();
-    let (width, height) = decode_rows(bytes, JpegDecode::Exact, |rows, nc| match nc {
+    let (width, height) = decode_rows(bytes, JpegDecode::Exact, false, |rows, nc| match nc {
         3 => px.extend_from_slice(rows),
         1 => px.extend(rows.iter().flat_map(|&v| [v, v, v])),
         _ => px.extend(
@@ -99,9 +111,11 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, ImageError> {
 
 /// Decode, handing `sink` consecutive groups of whole output rows with the number of
 /// components per pixel (1, 3, or 4 = Adobe-inverted CMYK); returns the output size.
+/// With `fuse_gray` (exact mode), 3-component images arrive as 1 component, already "L".
 fn decode_rows(
     bytes: &[u8],
     mode: JpegDecode,
+    fuse_gray: bool,
     mut sink: impl FnMut(&[u8], usize),
 ) -> Result<(u32, u32), ImageError> {
     // SAFETY: the structs are zero-initialised as libjpeg expects before jpeg_create_*; all
@@ -115,7 +129,7 @@ fn decode_rows(
         e.emit_message = Some(emit_message);
         cinfo.common.err = e;
         let res = catch_unwind(AssertUnwindSafe(|| {
-            decode_inner(&mut cinfo, bytes, mode, &mut sink)
+            decode_inner(&mut cinfo, bytes, mode, fuse_gray, &mut sink)
         }));
         jpeg_destroy_decompress(&mut cinfo);
         match res {
@@ -141,6 +155,7 @@ unsafe fn decode_inner(
     cinfo: &mut jpeg_decompress_struct,
     bytes: &[u8],
     mode: JpegDecode,
+    fuse_gray: bool,
     sink: &mut impl FnMut(&[u8], usize),
 ) -> Result<(u32, u32), ImageError> {
     jpeg_create_decompress(cinfo);
@@ -182,9 +197,12 @@ unsafe fn decode_inner(
     jpeg_start_decompress(cinfo);
     let w = cinfo.output_width as usize;
     let h = cinfo.output_height as usize;
-    let nc = cinfo.output_components as usize;
+    let mut nc = cinfo.output_components as usize;
     if !matches!(nc, 1 | 3 | 4) {
         unreachable!("output_components checked above");
+    }
+    if mode == JpegDecode::Exact && fuse_gray && jpeg_hooks::fuse_gray(cinfo) {
+        nc = 1;
     }
     // A band of rows, reused: libjpeg returns at most `rec_outbuf_height` (≤ 4) rows a call.
     const BAND: usize = 16;

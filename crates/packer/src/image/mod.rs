@@ -13,11 +13,14 @@
 mod decode;
 mod jpeg;
 mod jpeg_dc;
+mod jpeg_hooks;
 mod phash;
 mod pillow;
 mod png_fast;
 mod probe;
 mod reencode;
+#[cfg(test)]
+mod test_jpeg;
 pub mod vision;
 
 pub use pillow::Rgb;
