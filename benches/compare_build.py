@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 
 
-def timed(fn) -> float:
+def timed(fn, out: Path | None = None) -> float:
+    # Start every run alike: its output folder gone, and nothing that earlier runs left dirty
+    # (the peer never fsyncs its shards) still being written back on this run's clock.
+    if out is not None and out.exists():
+        shutil.rmtree(out)
+    os.sync()
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -33,8 +38,6 @@ def timed(fn) -> float:
 def llava_pack(corpus: Path, out: Path, *args: str) -> None:
     from llava_ov15 import pack
 
-    if out.exists():
-        shutil.rmtree(out)
     kw = dict(workers=1, phash="fast", progress="quiet")
     for a in args:
         k, v = a.split("=")
@@ -95,13 +98,17 @@ def main() -> None:
     floor(corpus)  # warm the page cache
     res = {
         "floor (simplejpeg 1/8 decode)": timed(lambda: floor(corpus)),
-        "python peer (PIL+imagehash+webdataset)": timed(lambda: python_peer(corpus, work / "peer")),
-        "llava-pack fast, 1 worker": timed(lambda: llava_pack(corpus, work / "fast1")),
+        "python peer (PIL+imagehash+webdataset)": timed(
+            lambda: python_peer(corpus, work / "peer"), work / "peer"
+        ),
+        "llava-pack fast, 1 worker": timed(
+            lambda: llava_pack(corpus, work / "fast1"), work / "fast1"
+        ),
         "llava-pack exact, 1 worker": timed(
-            lambda: llava_pack(corpus, work / "exact1", "phash=exact")
+            lambda: llava_pack(corpus, work / "exact1", "phash=exact"), work / "exact1"
         ),
         "llava-pack fast, 2 workers": timed(
-            lambda: llava_pack(corpus, work / "fast2", "workers=2")
+            lambda: llava_pack(corpus, work / "fast2", "workers=2"), work / "fast2"
         ),
     }
     print(f"\n{n} samples, {mb:.0f} MB of images, {os.cpu_count()} cores")
