@@ -1,9 +1,9 @@
 //! The build job: ordered parallel processing, dedup, sharding, checkpoints and resume.
 //!
-//! Threads: the calling thread reads records in chunks and hands each chunk to a rayon pool
-//! (`--workers`), which returns outcomes in input order; a writer thread consumes them. The
-//! bounded channel between the two keeps at most two chunks in flight, so memory stays flat
-//! however large the corpus.
+//! Threads: the calling thread reads records in chunks and submits each chunk to a rayon pool
+//! (`--workers`); a writer thread puts the finished chunks back in input order and writes
+//! them. Tokens the writer returns keep at most `CHUNKS_IN_FLIGHT` chunks between reading
+//! and writing, so memory stays flat however large the corpus.
 
 mod options;
 mod process;
@@ -12,7 +12,7 @@ pub(crate) mod state;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,9 +30,23 @@ use process::{Ctx, Processed};
 use state::{write_atomic, Checkpoint, StatePaths};
 use writer::Writer;
 
-/// Records processed per parallel chunk and worker (bounds memory: images are held in RAM
-/// between load and write).
-const CHUNK_PER_WORKER: usize = 32;
+/// Records per chunk and worker. Small, so the writer trails the workers by little and
+/// the job's tail (the last chunk written after every worker is done) is short.
+const CHUNK_PER_WORKER: usize = 4;
+/// Chunks submitted to the workers and not yet written: enough that a slow chunk, which
+/// holds up the in-order writer, never leaves the workers without a chunk to work on.
+/// Images are held in RAM between load and write, so this bounds memory (with the above).
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+/// One chunk's outcomes, in input order, with the position reached after it.
+struct Chunk {
+    seq: u64,
+    /// Index after the chunk's last record.
+    end: u64,
+    /// Input bytes read once the chunk was read (for progress).
+    bytes_read: u64,
+    out: Vec<Processed>,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildSummary {
@@ -95,29 +109,50 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
     counters.records.store(resumed_from, Ordering::Relaxed);
     let reporter = progress::Reporter::start(opts.progress, counters.clone(), source.progress().1);
 
-    let chunk = (workers * CHUNK_PER_WORKER).max(64);
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<Processed>>(2);
-    let next = AtomicU64::new(resumed_from);
+    let chunk = (workers * CHUNK_PER_WORKER).max(8);
+    // Chunks in flight (being processed, or done and waiting for the writer). More than one,
+    // so workers that finish their share of a chunk start on the next one instead of waiting
+    // for its slowest record; the writer returns a token per chunk it has written.
+    let (tokens_tx, tokens) = crossbeam_channel::bounded::<()>(CHUNKS_IN_FLIGHT);
+    for _ in 0..CHUNKS_IN_FLIGHT {
+        tokens_tx.send(()).expect("capacity for every token");
+    }
+    let (tx, rx) = crossbeam_channel::bounded::<Chunk>(CHUNKS_IN_FLIGHT);
     let result = std::thread::scope(|s| -> Result<Checkpoint> {
         let wcounters = counters.clone();
-        let handle = s.spawn(move || -> Result<Writer> {
-            for batch in rx {
-                for p in batch {
-                    writer.handle(p)?;
+        let handle = s.spawn(move || -> Result<(Writer, u64)> {
+            // Chunks come back in any order; write them in input order.
+            let mut pending = std::collections::BTreeMap::new();
+            let (mut next_seq, mut end) = (0u64, resumed_from);
+            for c in rx {
+                pending.insert(c.seq, c);
+                while let Some(c) = pending.remove(&next_seq) {
+                    for p in c.out {
+                        writer.handle(p)?;
+                    }
+                    next_seq += 1;
+                    end = c.end;
+                    let st = &writer.ckpt.stats;
+                    wcounters.records.store(c.end, Ordering::Relaxed);
+                    wcounters.bytes.store(c.bytes_read, Ordering::Relaxed);
+                    wcounters.samples.store(st.samples, Ordering::Relaxed);
+                    wcounters.rejects.store(st.rejects, Ordering::Relaxed);
+                    wcounters
+                        .shards
+                        .store(writer.ckpt.shards.len() as u64, Ordering::Relaxed);
+                    let _ = tokens_tx.send(());
                 }
-                let st = &writer.ckpt.stats;
-                wcounters.samples.store(st.samples, Ordering::Relaxed);
-                wcounters.rejects.store(st.rejects, Ordering::Relaxed);
-                wcounters
-                    .shards
-                    .store(writer.ckpt.shards.len() as u64, Ordering::Relaxed);
             }
-            Ok(writer)
+            Ok((writer, end))
         });
-        let read = (|| -> Result<()> {
-            loop {
+        let ctx = &ctx;
+        let read = pool.in_place_scope(|scope| -> Result<()> {
+            for seq in 0.. {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(PackError::Cancelled);
+                }
+                if tokens.recv().is_err() {
+                    return Ok(()); // writer failed; its error is reported below
                 }
                 let mut recs: Vec<Record> = Vec::with_capacity(chunk);
                 while recs.len() < chunk {
@@ -126,27 +161,30 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
                         None => break,
                     }
                 }
-                if recs.is_empty() {
+                let Some(last) = recs.last() else {
                     return Ok(());
-                }
-                let end = recs.last().map(|r| r.index + 1).unwrap();
-                let out: Vec<Processed> = pool.install(|| {
-                    recs.into_par_iter()
-                        .map(|r| process::process(r, &ctx))
-                        .collect()
+                };
+                let (end, bytes_read) = (last.index + 1, source.progress().0);
+                let tx = tx.clone();
+                scope.spawn(move |_| {
+                    let out = recs
+                        .into_par_iter()
+                        .map(|r| process::process(r, ctx))
+                        .collect();
+                    let _ = tx.send(Chunk {
+                        seq,
+                        end,
+                        bytes_read,
+                        out,
+                    });
                 });
-                next.store(end, Ordering::Relaxed);
-                counters.records.store(end, Ordering::Relaxed);
-                counters.bytes.store(source.progress().0, Ordering::Relaxed);
-                if tx.send(out).is_err() {
-                    return Ok(()); // writer failed; its error is reported below
-                }
             }
-        })();
+            Ok(())
+        });
         drop(tx);
-        let writer = handle.join().expect("writer thread panicked")?;
+        let (writer, end) = handle.join().expect("writer thread panicked")?;
         read?;
-        writer.finish(next.load(Ordering::Relaxed))
+        writer.finish(end)
     });
     reporter.stop();
     let mut ckpt = result?;
