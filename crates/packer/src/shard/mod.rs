@@ -53,6 +53,9 @@ pub fn tar_sample_size(member_sizes: impl IntoIterator<Item = usize>) -> u64 {
         .sum()
 }
 
+/// Write buffer of a shard (see `ShardWriter::create`).
+const WRITE_BUFFER: usize = 64 << 10;
+
 pub struct ShardWriter {
     dir: PathBuf,
     name: String,
@@ -99,7 +102,9 @@ impl ShardWriter {
             dir: dir.to_path_buf(),
             name,
             partial,
-            out: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
+            // Headers, padding and JSON are gathered here; members of at least the buffer's
+            // size (most images) go straight to the kernel, saving a copy.
+            out: HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file)),
             offsets: Vec::new(),
             last_key: String::new(),
             kicked: 0,
