@@ -402,7 +402,10 @@ fn scan_shard(
     let Some((&end, starts)) = idx.split_last() else {
         return Err(ctx("empty .tar.idx".into()));
     };
-    let mut r = BufReader::with_capacity(1 << 16, File::open(&tar_path)?);
+    // One page: the walk reads a 512-byte header and seeks past the member, so a larger
+    // buffer only reads (and copies) image bytes it then drops. For the 1000-sample bench
+    // shard this took the scan from 6-9 ms to 1.3-2.5 ms (91 ms to 28 ms with a cold cache).
+    let mut r = BufReader::with_capacity(4096, File::open(&tar_path)?);
     let mut pos = 0u64;
     let mut header = [0u8; BLOCK as usize];
     let mut current: Option<(String, u64)> = None; // (key, offset) of the open sample
