@@ -63,6 +63,9 @@ def test_kill_9_then_resume_is_byte_identical(corpus, reference, tmp_path):
         run_cli("build", "--input", str(corpus), "--output", str(out), "--resume",
                 "--progress", "quiet", *ARGS)
         assert tree_digest(out) == tree_digest(ref), f"attempt {attempt} ({kills} kills)"
+        # The energon index too (built from rows recorded per committed shard).
+        meta = (".nv-meta", ("*",))
+        assert tree_digest(out / meta[0], meta[1]) == tree_digest(ref / meta[0], meta[1])
         assert not list(out.glob("*.partial"))
         total_kills += kills
     assert total_kills >= 1, "no run was killed mid-way; the test proved nothing"

@@ -6,8 +6,8 @@ use std::io;
 use std::path::Path;
 
 use packer::shard::{
-    read_index, read_samples, shard_name, tar_sample_size, write_energon_meta, Member, ShardInfo,
-    ShardWriter,
+    read_index, read_samples, rows_path, shard_name, tar_sample_size, write_energon_meta,
+    write_energon_meta_with_rows, Member, ShardInfo, ShardRows, ShardWriter,
 };
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
@@ -371,6 +371,59 @@ fn energon_meta_layout_and_sqlite() {
     // a duplicate key across shards is an error
     let (i2, _) = write_shard(dir.path(), 2, &s1).unwrap();
     let err = write_energon_meta(dir.path(), &[i0, i1, i2]).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+}
+
+/// The index built from rows recorded while writing is byte-identical to the one built by
+/// walking the tars, also when only some shards have recorded rows; damaged rows are an error.
+#[test]
+fn energon_index_from_recorded_rows_equals_the_tar_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows_dir = dir.path().join("rows");
+    fs::create_dir(&rows_dir).unwrap();
+    let mut infos = Vec::new();
+    for (n, shard) in [0u32, 1, 2].into_iter().zip([5usize, 1, 7]) {
+        let mut w = ShardWriter::create(dir.path(), "shard", n).unwrap();
+        for i in 0..shard {
+            let img = vec![i as u8; 300 + 977 * i];
+            let json = format!("{{\"i\":{i}}}");
+            let mut members = vec![Member {
+                suffix: "jpg",
+                data: &img,
+            }];
+            if i % 2 == 0 {
+                members.push(Member {
+                    suffix: "img1.png",
+                    data: &img[..i],
+                });
+            }
+            members.push(Member {
+                suffix: "json",
+                data: json.as_bytes(),
+            });
+            w.append(&format!("s{n}_{i}"), &members).unwrap();
+        }
+        let (info, rows): (ShardInfo, ShardRows) = w.finish_with_rows().unwrap();
+        assert_eq!(rows.samples(), info.samples);
+        fs::write(rows_path(&rows_dir, &info.name), rows.as_bytes()).unwrap();
+        infos.push(info);
+    }
+    let index = || fs::read(dir.path().join(".nv-meta/index.sqlite")).unwrap();
+    write_energon_meta(dir.path(), &infos).unwrap();
+    let walked = index();
+    write_energon_meta_with_rows(dir.path(), &infos, &rows_dir).unwrap();
+    assert!(index() == walked, "recorded rows give another index");
+    fs::remove_file(rows_path(&rows_dir, &infos[1].name)).unwrap();
+    write_energon_meta_with_rows(dir.path(), &infos, &rows_dir).unwrap();
+    assert!(
+        index() == walked,
+        "mixed recorded/walked shards give another index"
+    );
+
+    let p = rows_path(&rows_dir, &infos[2].name);
+    let good = fs::read(&p).unwrap();
+    fs::write(&p, &good[..good.len() - 3]).unwrap();
+    let err = write_energon_meta_with_rows(dir.path(), &infos, &rows_dir).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 }
 

@@ -311,6 +311,21 @@ fn remove_uncommitted(out: &Path, prefix: &str, ckpt: &Checkpoint) -> Result<()>
             std::fs::remove_file(entry.path()).map_err(|e| PackError::output(entry.path(), e))?;
         }
     }
+    // Recorded index rows of shards that are not committed either.
+    let rows_dir = StatePaths::new(out).rows;
+    if rows_dir.is_dir() {
+        for entry in std::fs::read_dir(&rows_dir).map_err(|e| PackError::output(&rows_dir, e))? {
+            let entry = entry.map_err(|e| PackError::output(&rows_dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let shard = name
+                .strip_suffix(".rows")
+                .and_then(|n| shard_number(n, prefix));
+            if shard.map_or(true, |n| n >= committed) {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| PackError::output(entry.path(), e))?;
+            }
+        }
+    }
     // Final artifacts are rewritten at the end; a stale copy must not look current.
     for f in ["manifest.json", "stats.json"] {
         let _ = std::fs::remove_file(out.join(f));
@@ -350,7 +365,8 @@ fn finalize(
 ) -> Result<()> {
     let out = &opts.output;
     let oerr = |p: PathBuf, e: std::io::Error| PackError::output(p, e);
-    crate::shard::write_energon_meta(out, &ckpt.shards)
+    let rows = StatePaths::new(out).rows;
+    crate::shard::write_energon_meta_with_rows(out, &ckpt.shards, &rows)
         .map_err(|e| oerr(out.join(".nv-meta"), e))?;
     let st = &ckpt.stats;
     let manifest = json!({

@@ -132,6 +132,9 @@ pub struct StatePaths {
     pub job: PathBuf,
     pub checkpoint: PathBuf,
     pub journal: PathBuf,
+    /// Each finished shard's energon index rows (`shard::rows_path`), written before the
+    /// checkpoint that commits the shard.
+    pub rows: PathBuf,
 }
 
 impl StatePaths {
@@ -141,6 +144,7 @@ impl StatePaths {
             job: dir.join("job.json"),
             checkpoint: dir.join("checkpoint.json"),
             journal: dir.join("journal.bin"),
+            rows: dir.join("rows"),
             dir,
         }
     }

@@ -256,7 +256,13 @@ impl Writer {
         let Some(w) = self.shard.take() else {
             return Ok(());
         };
-        let info = w.finish().map_err(|e| PackError::output(&self.out, e))?;
+        let (info, rows) = w
+            .finish_with_rows()
+            .map_err(|e| PackError::output(&self.out, e))?;
+        let path = shard::rows_path(&self.paths.rows, &info.name);
+        std::fs::create_dir_all(&self.paths.rows)
+            .and_then(|()| write_atomic(&path, rows.as_bytes()))
+            .map_err(|e| PackError::output(&path, e))?;
         self.ckpt.shards.push(info);
         self.commit(next_index)
     }

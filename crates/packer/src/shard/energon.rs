@@ -16,14 +16,14 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection};
 use sha2::{Digest, Sha256};
 
 use super::reader::{check_safe_name, read_index, split_member_name};
 use super::tar_writer::BLOCK;
-use super::{sync_dir, write_atomic, ShardInfo};
+use super::{sync_dir, write_atomic, ShardInfo, ShardRows};
 
 /// The megatron-energon version whose `energon prepare` output we reproduce (recorded in
 /// `.info.json` as `energon_version`).
@@ -78,6 +78,26 @@ fn sql_err(e: rusqlite::Error) -> io::Error {
 /// Write `.nv-meta/` for the finished `shards` of `dir` so megatron-energon opens `dir`
 /// directly (all shards in the `train` split).
 pub fn write_energon_meta(dir: &Path, shards: &[ShardInfo]) -> io::Result<()> {
+    write_meta(dir, shards, None)
+}
+
+/// [`write_energon_meta`], taking each shard's index rows from `rows_dir` (see
+/// [`rows_path`]) where they were recorded while writing, and walking only the shards that
+/// have none.
+pub fn write_energon_meta_with_rows(
+    dir: &Path,
+    shards: &[ShardInfo],
+    rows_dir: &Path,
+) -> io::Result<()> {
+    write_meta(dir, shards, Some(rows_dir))
+}
+
+/// Where the recorded rows of shard `name` live under `rows_dir`.
+pub fn rows_path(rows_dir: &Path, name: &str) -> PathBuf {
+    rows_dir.join(format!("{name}.rows"))
+}
+
+fn write_meta(dir: &Path, shards: &[ShardInfo], rows_dir: Option<&Path>) -> io::Result<()> {
     if let Some(empty) = shards.iter().find(|s| s.samples == 0) {
         // `energon prepare` refuses empty shards too.
         return Err(io::Error::new(
@@ -88,7 +108,7 @@ pub fn write_energon_meta(dir: &Path, shards: &[ShardInfo]) -> io::Result<()> {
     let meta = dir.join(META_DIR);
     std::fs::create_dir_all(&meta)?;
 
-    write_index_sqlite(dir, &meta, shards)?;
+    write_index_sqlite(dir, &meta, shards, rows_dir)?;
     write_atomic(&meta.join("index.uuid"), index_uuid(shards).as_bytes())?;
     write_atomic(&meta.join(".info.json"), info_json(shards).as_bytes())?;
     // energon prefers `.info.json`; a stale legacy `.info.yaml` would only disagree with it.
@@ -288,14 +308,19 @@ pub(crate) fn index_uuid(shards: &[ShardInfo]) -> String {
     )
 }
 
-fn write_index_sqlite(dir: &Path, meta: &Path, shards: &[ShardInfo]) -> io::Result<()> {
+fn write_index_sqlite(
+    dir: &Path,
+    meta: &Path,
+    shards: &[ShardInfo],
+    rows_dir: Option<&Path>,
+) -> io::Result<()> {
     let final_path = meta.join("index.sqlite");
     let tmp = meta.join("index.sqlite.tmp");
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let built = build_index_sqlite(dir, &tmp, shards);
+    let built = build_index_sqlite(dir, &tmp, shards, rows_dir);
     if built.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -304,7 +329,12 @@ fn write_index_sqlite(dir: &Path, meta: &Path, shards: &[ShardInfo]) -> io::Resu
     std::fs::rename(&tmp, &final_path)
 }
 
-fn build_index_sqlite(dir: &Path, tmp: &Path, shards: &[ShardInfo]) -> io::Result<()> {
+fn build_index_sqlite(
+    dir: &Path,
+    tmp: &Path,
+    shards: &[ShardInfo],
+    rows_dir: Option<&Path>,
+) -> io::Result<()> {
     {
         let mut conn = Connection::open(tmp).map_err(sql_err)?;
         conn.execute_batch(&format!("{CREATE_SAMPLES};\n{CREATE_SAMPLE_PARTS};"))
@@ -325,7 +355,7 @@ fn build_index_sqlite(dir: &Path, tmp: &Path, shards: &[ShardInfo]) -> io::Resul
                 .map_err(sql_err)?;
             for (tar_id, shard) in shards.iter().enumerate() {
                 let tar_id = tar_id as i64;
-                let samples = scan_shard(dir, shard, |row| match row {
+                let emit = |row: Row<'_>| match row {
                     Row::Sample {
                         key,
                         index,
@@ -356,7 +386,14 @@ fn build_index_sqlite(dir: &Path, tmp: &Path, shards: &[ShardInfo]) -> io::Resul
                         ])
                         .map(drop)
                         .map_err(sql_err),
-                })?;
+                };
+                let recorded = rows_dir
+                    .map(|d| rows_path(d, &shard.name))
+                    .filter(|p| p.exists());
+                let samples = match recorded {
+                    Some(p) => emit_recorded(&p, emit)?,
+                    None => scan_shard(dir, shard, emit)?,
+                };
                 if samples != shard.samples {
                     return Err(invalid_data(format!(
                         "{}: {samples} samples in the tar, {} in ShardInfo",
@@ -387,6 +424,33 @@ enum Row<'a> {
         offset: u64,
         size: u64,
     },
+}
+
+/// Report the rows recorded in `path` in the order [`scan_shard`] reports them (a sample's
+/// parts, then the sample), so both give the very same database. Returns the sample count.
+fn emit_recorded(path: &Path, mut emit: impl FnMut(Row<'_>) -> io::Result<()>) -> io::Result<u64> {
+    let rows = ShardRows::from_bytes(std::fs::read(path)?)
+        .map_err(|e| invalid_data(format!("{}: {e}", path.display())))?;
+    let mut index = 0u64;
+    rows.for_each(|s| {
+        for &(part, offset, size) in &s.parts {
+            emit(Row::Part {
+                index,
+                part,
+                offset,
+                size,
+            })?;
+        }
+        emit(Row::Sample {
+            key: s.key,
+            index,
+            offset: s.offset,
+            size: s.size,
+        })?;
+        index += 1;
+        Ok(())
+    })?;
+    Ok(index)
 }
 
 /// Walk the headers of one shard (skipping member data), check them against its `.tar.idx`

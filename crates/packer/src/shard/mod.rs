@@ -9,15 +9,17 @@
 
 mod energon;
 mod reader;
+mod rows;
 pub(crate) mod tar_writer;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-pub use energon::{write_energon_meta, ENERGON_VERSION};
+pub use energon::{rows_path, write_energon_meta, write_energon_meta_with_rows, ENERGON_VERSION};
 pub(crate) use reader::{check_safe_name, header_number, header_str, split_member_name};
 pub use reader::{read_index, read_samples};
+pub use rows::ShardRows;
 
 use tar_writer::{check_key, check_suffix, HashingWriter};
 
@@ -66,6 +68,8 @@ pub struct ShardWriter {
     last_key: String,
     /// Bytes already handed to the kernel for writeback (see [`WRITEBACK_CHUNK`]).
     kicked: u64,
+    /// The energon index rows of what is written so far.
+    rows: ShardRows,
 }
 
 /// Start writeback of every this many bytes while the shard is being written, so the fsync
@@ -108,6 +112,7 @@ impl ShardWriter {
             offsets: Vec::new(),
             last_key: String::new(),
             kicked: 0,
+            rows: ShardRows::default(),
         })
     }
 
@@ -140,10 +145,16 @@ impl ShardWriter {
             tar_writer::member_header(&name, m.data.len() as u64)?;
             names.push(name);
         }
-        self.offsets.push(self.out.written());
+        let start = self.out.written();
+        self.offsets.push(start);
+        let mut parts = Vec::with_capacity(members.len());
         for (name, m) in names.iter().zip(members) {
+            let content = self.out.written() + tar_writer::BLOCK;
             self.out.write_member(name, m.data)?;
+            parts.push((m.suffix, content, m.data.len() as u64));
         }
+        let size = self.out.written() - start;
+        self.rows.push(key, start, size, &parts);
         self.last_key.clear();
         self.last_key.push_str(key);
         let buffered = self.out.get_ref();
@@ -166,12 +177,18 @@ impl ShardWriter {
 
     /// Write end-of-archive, fsync, write `.tar.idx`, rename both into place.
     pub fn finish(self) -> io::Result<ShardInfo> {
+        self.finish_with_rows().map(|(info, _)| info)
+    }
+
+    /// [`ShardWriter::finish`], also returning the shard's energon index rows.
+    pub fn finish_with_rows(self) -> io::Result<(ShardInfo, ShardRows)> {
         let ShardWriter {
             dir,
             name,
             partial,
             mut out,
             mut offsets,
+            rows,
             ..
         } = self;
         // energon's index ends with the offset where tar iteration stopped: the first
@@ -191,12 +208,13 @@ impl ShardWriter {
         write_atomic(&dir.join(format!("{name}.idx")), &idx)?;
         std::fs::rename(&partial, dir.join(&name))?;
         sync_dir(&dir)?;
-        Ok(ShardInfo {
+        let info = ShardInfo {
             name,
             samples: offsets.len() as u64 - 1,
             bytes,
             sha256,
-        })
+        };
+        Ok((info, rows))
     }
 }
 
