@@ -2,8 +2,8 @@
 //!
 //! Threads: the calling thread reads records in chunks and submits each chunk to a rayon pool
 //! (`--workers`); a writer thread puts the finished chunks back in input order and writes
-//! them. Tokens the writer returns keep at most `CHUNKS_IN_FLIGHT` chunks between reading
-//! and writing, so memory stays flat however large the corpus.
+//! them. Tokens the writer returns keep at most `CHUNKS_IN_FLIGHT_PER_WORKER` chunks per worker
+//! between reading and writing, so memory stays flat however large the corpus.
 
 mod options;
 mod process;
@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
@@ -30,13 +29,15 @@ use process::{Ctx, Processed};
 use state::{write_atomic, Checkpoint, StatePaths};
 use writer::Writer;
 
-/// Records per chunk and worker. Small, so the writer trails the workers by little and
-/// the job's tail (the last chunk written after every worker is done) is short.
-const CHUNK_PER_WORKER: usize = 4;
-/// Chunks submitted to the workers and not yet written: enough that a slow chunk, which
-/// holds up the in-order writer, never leaves the workers without a chunk to work on.
-/// Images are held in RAM between load and write, so this bounds memory (with the above).
-const CHUNKS_IN_FLIGHT: usize = 16;
+/// Records per chunk. A chunk is one task, processed by one worker in order: small, so the
+/// chunk the in-order writer waits for is never far behind, and the job's tail (the last
+/// chunk written after every worker is done) is short.
+const CHUNK: usize = 2;
+/// Chunks per worker submitted and not yet written: enough that a slow record, which holds
+/// up the in-order writer, never leaves the other workers without a chunk to work on.
+/// Images are held in RAM between load and write, so this bounds memory (with the above):
+/// at most `CHUNK * CHUNKS_IN_FLIGHT_PER_WORKER` records per worker.
+const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 32;
 
 /// One chunk's outcomes, in input order, with the position reached after it.
 struct Chunk {
@@ -109,15 +110,14 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
     counters.records.store(resumed_from, Ordering::Relaxed);
     let reporter = progress::Reporter::start(opts.progress, counters.clone(), source.progress().1);
 
-    let chunk = (workers * CHUNK_PER_WORKER).max(8);
-    // Chunks in flight (being processed, or done and waiting for the writer). More than one,
-    // so workers that finish their share of a chunk start on the next one instead of waiting
-    // for its slowest record; the writer returns a token per chunk it has written.
-    let (tokens_tx, tokens) = crossbeam_channel::bounded::<()>(CHUNKS_IN_FLIGHT);
-    for _ in 0..CHUNKS_IN_FLIGHT {
+    // Chunks in flight (being processed, or done and waiting for the writer); the writer
+    // returns a token per chunk it has written.
+    let in_flight = workers * CHUNKS_IN_FLIGHT_PER_WORKER;
+    let (tokens_tx, tokens) = crossbeam_channel::bounded::<()>(in_flight);
+    for _ in 0..in_flight {
         tokens_tx.send(()).expect("capacity for every token");
     }
-    let (tx, rx) = crossbeam_channel::bounded::<Chunk>(CHUNKS_IN_FLIGHT);
+    let (tx, rx) = crossbeam_channel::bounded::<Chunk>(in_flight);
     let result = std::thread::scope(|s| -> Result<Checkpoint> {
         let wcounters = counters.clone();
         let handle = s.spawn(move || -> Result<(Writer, u64)> {
@@ -154,8 +154,8 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
                 if tokens.recv().is_err() {
                     return Ok(()); // writer failed; its error is reported below
                 }
-                let mut recs: Vec<Record> = Vec::with_capacity(chunk);
-                while recs.len() < chunk {
+                let mut recs: Vec<Record> = Vec::with_capacity(CHUNK);
+                while recs.len() < CHUNK {
                     match source.next_record() {
                         Some(r) => recs.push(r?),
                         None => break,
@@ -166,11 +166,12 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
                 };
                 let (end, bytes_read) = (last.index + 1, source.progress().0);
                 let tx = tx.clone();
+                // One worker runs the chunk's records one after another. Not `par_iter`: a
+                // worker waiting in rayon's join steals and finishes other chunks first, which
+                // delays the very chunk the writer needs until the tokens run out and workers
+                // idle (6-9 % of a 2-worker bench run; 2-3 % like this).
                 scope.spawn(move |_| {
-                    let out = recs
-                        .into_par_iter()
-                        .map(|r| process::process(r, ctx))
-                        .collect();
+                    let out = recs.into_iter().map(|r| process::process(r, ctx)).collect();
                     let _ = tx.send(Chunk {
                         seq,
                         end,
