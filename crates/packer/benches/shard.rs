@@ -1,5 +1,6 @@
 //! Tar shard writing throughput: samples of one ~200 KB image + a small json, written through
-//! `ShardWriter` (buffered, SHA-256 of every byte) and finished (fsync, `.tar.idx`, rename).
+//! `ShardWriter` (buffered, SHA-256 of every byte on its hasher thread) and finished (fsync,
+//! `.tar.idx`, rename).
 
 use std::hint::black_box;
 

@@ -6,8 +6,11 @@
 //!   visible under its final name.
 //! - Tar headers are deterministic (fixed mtime/uid/gid/mode), so the same samples always give
 //!   byte-identical shards.
+//! - The shard's SHA-256 is taken on a thread of its own that reads the file back behind the
+//!   writer (`hash_behind.rs`), so the writer thread only writes.
 
 mod energon;
+mod hash_behind;
 mod reader;
 mod rows;
 pub(crate) mod tar_writer;
@@ -21,7 +24,8 @@ pub(crate) use reader::{check_safe_name, header_number, header_str, split_member
 pub use reader::{read_index, read_samples};
 pub use rows::ShardRows;
 
-use tar_writer::{check_key, check_suffix, HashingWriter};
+use hash_behind::HashBehind;
+use tar_writer::{check_key, check_suffix, CountingWriter};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +66,9 @@ pub struct ShardWriter {
     dir: PathBuf,
     name: String,
     partial: PathBuf,
-    out: HashingWriter<BufWriter<File>>,
+    out: CountingWriter<BufWriter<File>>,
+    /// SHA-256 of the file, taken on another thread as the bytes reach the kernel.
+    sha: HashBehind,
     /// Byte offset of each sample's first header.
     offsets: Vec<u64>,
     last_key: String,
@@ -102,13 +108,15 @@ impl ShardWriter {
         let name = shard_name(prefix, index);
         let partial = dir.join(format!("{name}.partial"));
         let file = File::create(&partial)?;
+        let sha = HashBehind::start(&partial)?;
         Ok(ShardWriter {
             dir: dir.to_path_buf(),
             name,
             partial,
             // Headers, padding and JSON are gathered here; members of at least the buffer's
             // size (most images) go straight to the kernel, saving a copy.
-            out: HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            out: CountingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            sha,
             offsets: Vec::new(),
             last_key: String::new(),
             kicked: 0,
@@ -159,6 +167,7 @@ impl ShardWriter {
         self.last_key.push_str(key);
         let buffered = self.out.get_ref();
         let in_kernel = self.out.written() - buffered.buffer().len() as u64;
+        self.sha.advance(in_kernel);
         if in_kernel - self.kicked >= WRITEBACK_CHUNK {
             start_writeback(buffered.get_ref(), self.kicked, in_kernel - self.kicked);
             self.kicked = in_kernel;
@@ -187,6 +196,7 @@ impl ShardWriter {
             name,
             partial,
             mut out,
+            sha,
             mut offsets,
             rows,
             ..
@@ -196,8 +206,8 @@ impl ShardWriter {
         offsets.push(out.written());
         out.write_end()?;
         let bytes = out.written();
-        let (buffered, sha256) = out.into_parts();
-        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        let file = out.into_inner().into_inner().map_err(|e| e.into_error())?;
+        let sha256 = sha.finish(bytes)?;
         file.sync_all()?;
         drop(file);
 

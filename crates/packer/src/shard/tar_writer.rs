@@ -1,8 +1,6 @@
-//! Deterministic ustar framing: header construction, padding and a hashing/counting writer.
+//! Deterministic ustar framing: header construction, padding and a counting writer.
 
 use std::io::{self, Write};
-
-use sha2::{Digest, Sha256};
 
 /// Tar block size.
 pub(crate) const BLOCK: u64 = 512;
@@ -83,20 +81,16 @@ pub(crate) fn padding(size: u64) -> usize {
     ((BLOCK - size % BLOCK) % BLOCK) as usize
 }
 
-/// A writer that hashes (SHA-256) and counts every byte it passes on.
-pub(crate) struct HashingWriter<W: Write> {
+/// A writer that counts every byte it passes on (the shard's SHA-256 is taken by
+/// `HashBehind`, off this thread).
+pub(crate) struct CountingWriter<W: Write> {
     inner: W,
-    hasher: Sha256,
     written: u64,
 }
 
-impl<W: Write> HashingWriter<W> {
+impl<W: Write> CountingWriter<W> {
     pub(crate) fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            written: 0,
-        }
+        CountingWriter { inner, written: 0 }
     }
 
     pub(crate) fn written(&self) -> u64 {
@@ -121,16 +115,14 @@ impl<W: Write> HashingWriter<W> {
         self.write_all(&ZEROS)
     }
 
-    /// Hex SHA-256 of everything written, and the inner writer.
-    pub(crate) fn into_parts(self) -> (W, String) {
-        (self.inner, hex::encode(self.hasher.finalize()))
+    pub(crate) fn into_inner(self) -> W {
+        self.inner
     }
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
     }
