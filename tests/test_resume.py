@@ -41,6 +41,12 @@ def _final_shards_are_complete(out):
         assert (out / (tar.name + ".idx")).exists(), f"{tar.name} visible without its index"
 
 
+def _counts(out):
+    stats = json.loads((out / "stats.json").read_text())
+    stats.pop("throughput")
+    return stats
+
+
 def test_kill_9_then_resume_is_byte_identical(corpus, reference, tmp_path):
     ref, ref_seconds = reference
     rng = random.Random(0)
@@ -67,6 +73,9 @@ def test_kill_9_then_resume_is_byte_identical(corpus, reference, tmp_path):
         meta = (".nv-meta", ("*",))
         assert tree_digest(out / meta[0], meta[1]) == tree_digest(ref / meta[0], meta[1])
         assert not list(out.glob("*.partial"))
+        # Counts come from the checkpoints' snapshots: a record counted before a kill and
+        # again after it would show here (throughput is timing, so it may differ).
+        assert _counts(out) == _counts(ref), f"attempt {attempt}: stats.json counts differ"
         total_kills += kills
     assert total_kills >= 1, "no run was killed mid-way; the test proved nothing"
 

@@ -278,6 +278,11 @@ impl KeyTable {
         Ok(())
     }
 
+    /// Bytes of journal written so far (committed or not).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     /// Flush and fsync; returns the committed length.
     pub fn commit(&mut self) -> io::Result<u64> {
         self.file.flush()?;

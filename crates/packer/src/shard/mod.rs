@@ -191,6 +191,13 @@ impl ShardWriter {
 
     /// [`ShardWriter::finish`], also returning the shard's energon index rows.
     pub fn finish_with_rows(self) -> io::Result<(ShardInfo, ShardRows)> {
+        self.finish_in_background()?.wait()
+    }
+
+    /// Write end-of-archive and hand the rest of [`ShardWriter::finish`] (the hash's tail,
+    /// fsync, `.tar.idx`, rename) to a thread of its own, so the caller can start writing the
+    /// next shard meanwhile. The shard is in place once [`FinishingShard::wait`] returns.
+    pub fn finish_in_background(self) -> io::Result<FinishingShard> {
         let ShardWriter {
             dir,
             name,
@@ -207,24 +214,60 @@ impl ShardWriter {
         out.write_end()?;
         let bytes = out.written();
         let file = out.into_inner().into_inner().map_err(|e| e.into_error())?;
-        let sha256 = sha.finish(bytes)?;
-        file.sync_all()?;
-        drop(file);
-
-        let mut idx = Vec::with_capacity(offsets.len() * 8);
-        for off in &offsets {
-            idx.extend_from_slice(&off.to_le_bytes());
-        }
-        write_atomic(&dir.join(format!("{name}.idx")), &idx)?;
-        std::fs::rename(&partial, dir.join(&name))?;
-        sync_dir(&dir)?;
-        let info = ShardInfo {
-            name,
-            samples: offsets.len() as u64 - 1,
-            bytes,
-            sha256,
+        let finish = move || -> io::Result<(ShardInfo, ShardRows)> {
+            let sha256 = sha.finish(bytes)?;
+            file.sync_all()?;
+            drop(file);
+            let mut idx = Vec::with_capacity(offsets.len() * 8);
+            for off in &offsets {
+                idx.extend_from_slice(&off.to_le_bytes());
+            }
+            write_atomic(&dir.join(format!("{name}.idx")), &idx)?;
+            std::fs::rename(&partial, dir.join(&name))?;
+            sync_dir(&dir)?;
+            let info = ShardInfo {
+                name,
+                samples: offsets.len() as u64 - 1,
+                bytes,
+                sha256,
+            };
+            Ok((info, rows))
         };
-        Ok((info, rows))
+        let thread = std::thread::Builder::new()
+            .name("llava-pack-fin".into())
+            .spawn(finish)?;
+        Ok(FinishingShard {
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A shard being finished on its own thread (see [`ShardWriter::finish_in_background`]).
+pub struct FinishingShard {
+    thread: Option<std::thread::JoinHandle<io::Result<(ShardInfo, ShardRows)>>>,
+}
+
+impl FinishingShard {
+    /// Whether [`FinishingShard::wait`] would return at once.
+    pub fn is_done(&self) -> bool {
+        self.thread.as_ref().map_or(true, |t| t.is_finished())
+    }
+
+    /// Wait until the shard is in place under its final name; its info and index rows.
+    pub fn wait(mut self) -> io::Result<(ShardInfo, ShardRows)> {
+        let thread = self.thread.take().expect("waited for only once");
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("shard finishing thread panicked")))
+    }
+}
+
+impl Drop for FinishingShard {
+    /// Not waited for (the job failed): still let it end, so no thread outlives the job.
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
