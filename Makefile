@@ -1,10 +1,10 @@
 # llava-ov15 — run `make help` for the targets.
 # The virtualenv lives outside the clone (~/.cache/llava-ov15/venv-<hash of requirements>).
 SHELL := /bin/bash
-VENV = $(shell SKIP_BUILD=1 scripts/setup.sh 2>/dev/null | tail -n 1)
+VENV = $(shell SKIP_BUILD=1 QUIET_SETUP=1 scripts/setup.sh 2>/dev/null | tail -n 1)
 PY = $(VENV)/bin/python
 
-.PHONY: help setup demo test test-rust test-python lint fmt bench wheel clean
+.PHONY: help setup activate demo test test-rust test-python lint fmt bench wheel clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -14,6 +14,10 @@ setup: ## create/reuse the cached venv and build the native extension (release)
 
 demo: setup ## demo corpus → llava-pack build → pack → tiny train → convert → eval
 	$(PY) -m llava_ov15.demo --out demo-out
+	@echo "demo: done. To run llava-pack and python -m llava_ov15.* yourself: source $(VENV)/bin/activate"
+
+activate: ## print the command that puts llava-pack and the venv's python on PATH
+	@echo "source $(VENV)/bin/activate"
 
 test: setup ## all tests: Rust (cargo test) and Python (pytest)
 	scripts/test.sh

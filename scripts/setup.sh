@@ -38,4 +38,9 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   (cd "$root" && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" \
     "$venv/bin/maturin" develop --release --quiet >&2)
 fi
+# Tell a newcomer how to reach `llava-pack` and `python -m llava_ov15...` themselves.
+if [ -z "${QUIET_SETUP:-}" ]; then
+  echo "setup: ready. To use llava-pack and python -m llava_ov15.* in your shell, run:" >&2
+  echo "setup:     source $venv/bin/activate" >&2
+fi
 echo "$venv"
