@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 from llava_ov15 import _native
+from llava_ov15.model.processor import MAX_PIXELS, MIN_PIXELS  # one definition (HF's defaults)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MIN_PIXELS = 3136
-MAX_PIXELS = 2_560_000
 
 
 def _as_array(b: Any) -> Any:
