@@ -22,7 +22,8 @@ def test_recipes_exist_for_every_size_and_stage():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipes_validate(path):
     world = 1 if path.parent.name == "tiny" else 8
-    cfg = load_config(path, world_size=world)
+    # the big recipes name data and checkpoints that are not here: check the file alone
+    cfg = load_config(path, world_size=world, resolve=path.parent.name == "tiny")
     stage = {"stage1_alignment": "1", "stage1.5_mid_training": "1.5",
              "stage2_instruct": "2"}[path.stem]
     assert cfg.train.stage == stage
@@ -95,3 +96,72 @@ def test_cpu_compat_is_a_no_op_on_gpu(monkeypatch):
     assert cpu_compat.install() is False
     assert torch.cuda.current_device is before
     assert cpu_compat.MEGATRON_CORE_VERSION == "0.16.1"
+
+
+TINY = ROOT / "configs/tiny/stage1.5_mid_training.yaml"
+
+
+def test_model_overrides_are_type_checked():
+    cfg = load_config(TINY, ['model.text.rope_theta="5.0e6"', "model.vision.num_layers=1.0"])
+    assert cfg.model.text["rope_theta"] == 5.0e6 and cfg.model_config().text.rope_theta == 5.0e6
+    assert cfg.model_config().vision.num_layers == 1
+    with pytest.raises(ConfigError, match=r"unknown config key model\.text\.hidden\b"):
+        load_config(TINY, ["model.text.hidden=3"])
+    with pytest.raises(ConfigError, match=r"model\.text\.num_layers: expected int"):
+        load_config(TINY, ["model.text.num_layers=abc"])
+    with pytest.raises(ConfigError, match=r"model\.preset"):
+        load_config(TINY, ["model.preset=nope"])
+
+
+def test_synthetic_and_packed_pixel_defaults_are_the_processors():
+    from llava_ov15.data import preprocess
+    from llava_ov15.model import processor
+
+    cfg = load_config(TINY)
+    assert (cfg.data.min_pixels, cfg.data.max_pixels) == (processor.MIN_PIXELS,
+                                                          processor.MAX_PIXELS) == (3136, 2_560_000)
+    assert (preprocess.MIN_PIXELS, preprocess.MAX_PIXELS) == (3136, 2_560_000)
+
+
+def test_vocabulary_too_small_for_the_tokenizer_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model\.text\.vocab_size=320 is too small"):
+        load_config(TINY, ["data.tokenizer=qwen", "model.fit_tokenizer=false"])
+    with pytest.raises(ConfigError, match=r"model\.tokens\.image=318 but the tokenizer qwen gives "
+                                          r"<\|image_pad\|> .* model\.tokens\.published=true"):
+        load_config(TINY, ["data.tokenizer=qwen", "model.fit_tokenizer=false",
+                           "model.text.vocab_size=151936"])
+    fitted = load_config(TINY, ["data.tokenizer=qwen"]).model_config()  # fit_tokenizer: true
+    assert fitted.text.vocab_size % 128 == 0 and fitted.text.vocab_size >= 151_665
+    assert fitted.tokens.image == 151655 and fitted.tokens.im_end == 151645
+
+
+def test_checkpoint_load_brings_its_stored_architecture(tmp_path):
+    import json
+
+    from llava_ov15.model.config import tiny_config
+
+    stored = tiny_config(text_hidden=32, vision_hidden=16)
+    ck = tmp_path / "ckpt"
+    (ck / "iter_0000002").mkdir(parents=True)
+    (ck / "latest").write_text("iter_0000002\n")
+    (ck / "iter_0000002" / "llava_config.json").write_text(json.dumps(stored.to_hf_dict()))
+    mc = load_config(TINY, [f"checkpoint.load={ck}"]).model_config()
+    assert (mc.text.hidden_size, mc.vision.hidden_size) == (32, 16)
+    with pytest.raises(ConfigError, match=r"model\.preset=tiny has text\.hidden_size=64 .* "
+                                          r"text\.hidden_size=32"):
+        load_config(TINY, [f"checkpoint.load={ck}", "model.preset=tiny"])
+    with pytest.raises(ConfigError, match=r"checkpoint\.load: no such directory"):
+        load_config(TINY, [f"checkpoint.load={tmp_path / 'nope'}"])
+
+
+def test_missing_pack_folder_is_a_one_line_error(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run([sys.executable, "-m", "llava_ov15.train", "--config", str(TINY),
+                        "--set", f"data.path={tmp_path / 'nope'}"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"config error: data.path: no such directory {tmp_path / 'nope'}"

@@ -223,10 +223,85 @@ def _load_model(model, state) -> None:
             m.load_state_dict(state[f"model{i}"])
 
 
-class StopFlag:
-    """SIGTERM/SIGINT -> finish the current step, checkpoint, exit cleanly."""
+def _has_checkpoints(d: Path) -> list[str]:
+    return sorted(p.name for p in d.glob("iter_*") if p.is_dir()) if d.is_dir() else []
 
-    def __init__(self, signals=(signal.SIGTERM,)):
+
+def _has_metrics(log_dir: str | None) -> bool:
+    f = Path(log_dir) / "metrics.jsonl" if log_dir else None
+    return f is not None and f.is_file() and f.stat().st_size > 0
+
+
+def check_checkpoint_dir(cfg) -> None:
+    """Refuse to start a fresh run over another run's checkpoints or metrics (it would overwrite
+    `iter_*` and append a second history to metrics.jsonl) unless asked to continue or to start
+    over. Pure file-system checks: every rank reaches the same verdict."""
+    from .config import ConfigError
+
+    c = cfg.checkpoint
+    if c.resume and not c.dir:
+        raise ConfigError("checkpoint.dir: --resume needs the directory to resume from")
+    if c.resume or c.overwrite:
+        return
+    advice = "use --resume to continue it, --overwrite to start over, or another directory"
+    if c.dir:
+        found = _has_checkpoints(Path(c.dir))
+        if found or (Path(c.dir) / LATEST).exists():
+            raise ConfigError(f"checkpoint.dir {c.dir} already holds checkpoints "
+                              f"({', '.join(found[-2:]) or LATEST}): {advice}")
+    if _has_metrics(cfg.log.dir):
+        raise ConfigError(f"log.dir {cfg.log.dir} already holds metrics.jsonl of another run: "
+                          f"{advice}")
+
+
+def clear_checkpoints(directory: str | None) -> None:
+    """--overwrite: drop the previous run's checkpoints (rank 0, before the first save)."""
+    import shutil
+
+    if not directory:
+        return
+    d = Path(directory)
+    (d / LATEST).unlink(missing_ok=True)
+    for name in _has_checkpoints(d):
+        shutil.rmtree(d / name)
+
+
+# Files that describe a tokenizer next to its tokenizer.json (copied along when present).
+TOKENIZER_COMPANIONS = ("tokenizer_config.json", "special_tokens_map.json",
+                        "chat_template.jinja", "chat_template.json")
+
+
+def save_tokenizer(directory: str | Path, spec: str, mc) -> Path:
+    """Record the tokenizer this run trains with as `{checkpoint.dir}/tokenizer.json` (and its
+    companions), so conversion to HF finds it next to the checkpoints."""
+    import shutil
+
+    from .data import load_tokenizer
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / "tokenizer.json"
+    tmp = d / "tokenizer.json.tmp"
+    if spec == "word":
+        load_tokenizer("word", mc).save(str(tmp))
+    else:
+        from .resolve import tokenizer_file
+
+        src = tokenizer_file(spec)
+        shutil.copyfile(src, tmp)
+        for name in TOKENIZER_COMPANIONS:
+            if (src.parent / name).is_file():
+                shutil.copyfile(src.parent / name, d / name)
+    os.replace(tmp, out)
+    return out
+
+
+class StopFlag:
+    """SIGTERM / Ctrl-C (SIGINT) -> finish the current step, checkpoint, exit cleanly.
+
+    A second Ctrl-C aborts at once (KeyboardInterrupt where the main thread is)."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self.requested = False
         self.signum: int | None = None
         self._old = {}
@@ -234,7 +309,11 @@ class StopFlag:
             self._old[s] = signal.signal(s, self._handler)
 
     def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.requested, self.signum = True, signum
+        if signum == signal.SIGINT and dist.is_initialized() and dist.get_rank() == 0:
+            os.write(2, b"\n[train] Ctrl-C: stopping after this step (again to abort now)\n")
 
     def synced(self) -> bool:
         """True on every rank if any rank got the signal (so all save together)."""

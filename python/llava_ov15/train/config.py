@@ -27,21 +27,32 @@ STAGE_TRAINABLE: dict[str, list[str] | None] = {"1": ["vision.merger."], "1.5": 
 
 @dataclass
 class ModelSection:
-    preset: str = "tiny"  # llava_ov15.model.config.PRESETS
+    # llava_ov15.model.config.PRESETS; None = the architecture stored with `checkpoint.load`
+    # (its llava_config.json), else `hf_checkpoint`'s config.json, else "tiny"
+    preset: str | None = None
     text: dict[str, Any] = field(default_factory=dict)  # TextConfig field overrides
     vision: dict[str, Any] = field(default_factory=dict)  # VisionConfig field overrides
     tokens: dict[str, Any] = field(default_factory=dict)  # TokenIds overrides ("published" =
     # the real Qwen ids, e.g. for a tiny model trained on llava-pack shards)
+    # Random init only: size the vocabulary to the tokenizer and take the special token ids
+    # from it (what lets the tiny recipes train on any pack).
+    fit_tokenizer: bool = False
     hf_checkpoint: str | None = None  # initialise from an HF directory (else random init)
     init_std: float = 0.02
 
 
 @dataclass
 class DataSection:
-    kind: str = "synthetic"  # "synthetic" | "packed" (llava-pack shards via llava_ov15.data)
+    # "synthetic" | "packed" (llava-pack shards via llava_ov15.data); None = "packed" when
+    # data.path is given, else "synthetic"
+    kind: str | None = None
     path: str | None = None  # packed shard directory (kind=packed)
-    tokenizer: str = "word"  # "word" (test tokenizer), "qwen" (built offline) or a tokenizer.json
-    seq_len: int = 256  # pack capacity = row length
+    # For kind=packed, None = what the pack's manifest records (and a value given here must agree
+    # with it): tokenizer (the file stored in the pack), seq_len (its --max-len), min/max_pixels,
+    # caption_format, max_image_tokens.
+    # "word" (test tokenizer), "qwen" (built offline) or a tokenizer.json; synthetic: "word"
+    tokenizer: str | None = None
+    seq_len: int | None = None  # row length; synthetic default SYNTHETIC_SEQ_LEN
     packed: bool = True  # False: one sample per row (stage 2 "not packed"), padded to seq_len
     micro_batch_size: int = 1  # packs (rows) per micro-batch
     num_workers: int = 0
@@ -52,8 +63,13 @@ class DataSection:
     num_classes: int = 8
     num_packs: int | None = None  # synthetic dataset size (packs cycle); None = endless
     images_per_sample: int = 1
-    min_pixels: int = 784
-    max_pixels: int = 2_560_000
+    min_pixels: int | None = None  # synthetic default: llava_ov15.model.processor.MIN_PIXELS
+    max_pixels: int | None = None  # synthetic default: ....MAX_PIXELS
+    caption_format: str | None = None  # packed only: how the pack renders captions
+    max_image_tokens: int | None = None  # packed only: the pack's image-token cap per pack
+
+
+SYNTHETIC_SEQ_LEN = 128
 
 
 @dataclass
@@ -95,6 +111,8 @@ class CheckpointSection:
     save_interval: int = 0  # steps; 0 = only at the end / on SIGTERM
     save_on_exit: bool = True
     resume: bool = False  # continue from the latest checkpoint in `dir`
+    # start over although `dir` holds checkpoints (they are deleted); else such a run refuses
+    overwrite: bool = False
     load: str | None = None  # initialise model weights from a megatron checkpoint (convert output)
     sharding_type: str = "fully_reshardable"  # distributed optimizer layout on disk
 
@@ -122,21 +140,81 @@ class TrainConfig:
 
     # ---- model ---------------------------------------------------------------------------
     def model_config(self):
-        from llava_ov15.model.config import LlavaOV15Config, get_config
+        """The model's architecture and token ids: the base (`checkpoint.load`'s stored
+        llava_config.json, else `hf_checkpoint`, else `preset`) plus the model.* overrides."""
+        from llava_ov15.model.config import (
+            LlavaOV15Config,
+            TextConfig,
+            TokenIds,
+            VisionConfig,
+            get_config,
+        )
 
-        if self.model.hf_checkpoint:
+        mc = stored_model_config(self.checkpoint.load) if self.checkpoint.load else None
+        if mc is None and self.model.hf_checkpoint:
             mc = LlavaOV15Config.from_pretrained(self.model.hf_checkpoint)
-        else:
-            mc = get_config(self.model.preset)
-        text = dataclasses.replace(mc.text, **self.model.text)
-        vision = dataclasses.replace(mc.vision, **self.model.vision)
+        if mc is None:
+            try:
+                mc = get_config(self.model.preset or "tiny")
+            except KeyError as e:
+                raise ConfigError(f"model.preset: {e.args[0]}") from None
+        text = dataclasses.replace(mc.text, **typed_fields(self.model.text, TextConfig,
+                                                           "model.text."))
+        vision = dataclasses.replace(mc.vision, **typed_fields(self.model.vision, VisionConfig,
+                                                               "model.vision."))
         vision = dataclasses.replace(vision, out_hidden_size=text.hidden_size)
-        from llava_ov15.model.config import TokenIds
-
         tok = dict(self.model.tokens)
-        base = TokenIds() if tok.pop("published", False) else mc.tokens
-        tokens = dataclasses.replace(base, **tok)
+        published = _check_type(tok.pop("published", False), bool, "model.tokens.published")
+        base = TokenIds() if published else mc.tokens
+        tokens = dataclasses.replace(base, **typed_fields(tok, TokenIds, "model.tokens."))
         return dataclasses.replace(mc, text=text, vision=vision, tokens=tokens)
+
+
+def typed_fields(values: dict[str, Any], cls: type, prefix: str) -> dict[str, Any]:
+    """Overrides for dataclass `cls`, each checked (and coerced, e.g. YAML's "5.0e6" string to
+    a float) against the field's type; an unknown key is named with its full path."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in values.items():
+        if k not in hints:
+            raise ConfigError(f"unknown config key {prefix}{k}; valid keys under {prefix}: "
+                              f"{sorted(hints)}")
+        tp = hints[k]
+        if tp is int and isinstance(v, str):  # "1e4" from YAML 1.1
+            try:
+                v = float(v)
+            except ValueError:
+                raise ConfigError(f"{prefix}{k}: expected int, got {v!r}") from None
+        if tp is int and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out[k] = _check_type(v, tp, f"{prefix}{k}")
+    return out
+
+
+def checkpoint_path(directory: str | Path) -> Path:
+    """A checkpoint root (holding `latest`) -> its newest checkpoint; any other dir as is."""
+    d = Path(directory)
+    latest = d / "latest"
+    if latest.is_file():
+        name = latest.read_text().strip()
+        if name and (d / name).is_dir():
+            return d / name
+    return d
+
+
+def stored_model_config(directory: str | Path):
+    """The architecture saved with a megatron checkpoint (llava_config.json), or None."""
+    import json
+
+    from llava_ov15.model.config import LlavaOV15Config
+
+    f = checkpoint_path(directory) / "llava_config.json"
+    if not f.is_file():
+        return None
+    try:
+        return LlavaOV15Config.from_hf_dict(json.loads(f.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"checkpoint.load: cannot read {f}: {e}") from None
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -220,10 +298,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (),
-                world_size: int | None = None) -> TrainConfig:
-    data = yaml.safe_load(Path(path).read_text()) if path else {}
+                world_size: int | None = None, resolve: bool = True) -> TrainConfig:
+    """YAML + overrides -> a validated config. `resolve` (the trainer's way) also fills what
+    comes from the run's inputs (the pack's manifest, the tokenizer, the stored architecture of
+    `checkpoint.load`) and checks them; without it only the file itself is checked."""
+    if path and not Path(path).is_file():
+        raise ConfigError(f"--config: no such file {path}")
+    try:
+        data = yaml.safe_load(Path(path).read_text()) if path else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     data = apply_overrides(data or {}, list(overrides))
     cfg = _build(TrainConfig, data, "")
+    if resolve:
+        from .resolve import resolve_inputs
+
+        resolve_inputs(cfg)
     validate(cfg, world_size)
     return cfg
 
@@ -241,8 +331,8 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
           f"must be pack_mean or token_mean, got {t.loss!r}")
     _need(t.lr_decay_style in ("cosine", "linear", "constant"), "train.lr_decay_style",
           f"unsupported {t.lr_decay_style!r}")
-    _need(d.kind in ("synthetic", "packed"), "data.kind", f"must be synthetic or packed, got "
-          f"{d.kind!r}")
+    _need(d.kind in (None, "synthetic", "packed"), "data.kind",
+          f"must be synthetic or packed, got {d.kind!r}")
     _need(d.kind != "packed" or bool(d.path), "data.path", "required for data.kind=packed")
     _need(cfg.log.progress in ("auto", "bar", "log", "quiet"), "log.progress",
           f"invalid {cfg.log.progress!r}")
@@ -252,7 +342,7 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     for key, v in (("train.steps", t.steps), ("train.global_batch_size", t.global_batch_size),
                    ("data.seq_len", d.seq_len), ("data.micro_batch_size", d.micro_batch_size),
                    ("parallel.tp", p.tp), ("parallel.pp", p.pp)):
-        _need(v >= 1, key, f"must be >= 1, got {v}")
+        _need(v is None or v >= 1, key, f"must be >= 1, got {v}")
     _need(t.lr > 0 and 0 <= t.min_lr <= t.lr, "train.min_lr", "need 0 <= min_lr <= lr")
     _need(0 <= t.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
     _need(len(d.image_sizes) == 2 and 28 <= d.image_sizes[0] <= d.image_sizes[1],
@@ -261,6 +351,8 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
           "data.caption_words", "expects [min, max] with min >= 1")
     try:
         mc = cfg.model_config()
+    except ConfigError:
+        raise
     except (KeyError, TypeError, OSError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
     tc = mc.text

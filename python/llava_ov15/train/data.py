@@ -27,6 +27,8 @@ import torch
 from llava_ov15.model.config import LlavaOV15Config
 from llava_ov15.model.processor import (
     IM_END,
+    MAX_PIXELS,
+    MIN_PIXELS,
     expand_image_tokens,
     preprocess_images,
     render_chat,
@@ -109,8 +111,9 @@ class SyntheticPackedSource:
     def __init__(self, mc: LlavaOV15Config, tokenizer, seq_len: int, micro_batch_size: int,
                  dp_rank: int = 0, dp_size: int = 1, seed: int = 0,
                  image_sizes: Sequence[int] = (28, 84), caption_words: Sequence[int] = (3, 12),
-                 num_classes: int = 8, images_per_sample: int = 1, min_pixels: int = 784,
-                 max_pixels: int = 2_560_000, num_packs: int | None = None,
+                 num_classes: int = 8, images_per_sample: int = 1,
+                 min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
+                 num_packs: int | None = None,
                  packed: bool = True):
         self.mc, self.tok = mc, tokenizer
         self.packed = packed
@@ -201,31 +204,58 @@ class SyntheticPackedSource:
         self.step = state["packs_consumed"] // per
 
 
-# ---- adapter onto the real loader (llava_ov15.data from the loader branch) -----------------
+# ---- adapter onto the real loader (llava_ov15.data) ----------------------------------------
+def split_pack(item: dict[str, Any], image_token: int, merge: int = 2) -> list[dict[str, Any]]:
+    """A pack's sub-samples as separate items (for ``data.packed: false``): ids/labels sliced at
+    ``seq_lens``, each with its own images (counted by its image-pad tokens)."""
+    ids, labels = torch.as_tensor(item["input_ids"]), torch.as_tensor(item["labels"])
+    pv, grid = torch.as_tensor(item["pixel_values"]), torch.as_tensor(item["image_grid_thw"])
+    out, start, img, pix = [], 0, 0, 0
+    for n in (int(x) for x in item["seq_lens"] if int(x) > 0):
+        sub = ids[start:start + n]
+        want, got, first = int((sub == image_token).sum()), 0, img
+        while got < want and img < len(grid):
+            got += int(grid[img].prod()) // merge**2
+            img += 1
+        if got != want:
+            raise ValueError(f"sub-sample at token {start} has {want} image tokens but its "
+                             f"images give {got}")
+        npix = int(grid[first:img].prod(-1).sum()) if img > first else 0
+        out.append({"input_ids": sub, "labels": labels[start:start + n], "seq_lens": [n],
+                    "pixel_values": pv[pix:pix + npix], "image_grid_thw": grid[first:img]})
+        start, pix = start + n, pix + npix
+    return out
+
+
 class PackedShardSource:
     """`llava-pack pack` shards through the real loader -> fixed-length micro-batches.
 
-    Expects from `llava_ov15.data`: ``ShardIterable(path, rank=, world_size=, seed=,
-    transform=)``, ``ShardLoader(dataset, batch_size=None, num_workers=)`` with
-    ``state_dict()/load_state_dict()``, ``SampleProcessor(tokenizer_json_path)`` returning per
-    pack ``input_ids``/``labels`` (1-D, unshifted, -100 = not trained), ``seq_lens`` (one per
-    sub-sample), ``pixel_values`` [Σhw, 588], ``image_grid_thw`` [n, 3]. Each pack becomes one row,
-    padded to ``seq_len`` with a padding sub-sample. Resume state = the loader's own state
-    (per data-parallel rank; resuming with another DP size needs the loader to support it).
+    ``ShardIterable`` + ``ShardLoader`` + ``SampleProcessor`` (built from the pack's manifest) give
+    per pack ``input_ids``/``labels`` (1-D, unshifted, -100 = not trained), ``seq_lens`` (one per
+    sub-sample), ``pixel_values`` [Σhw, 588], ``image_grid_thw`` [n, 3]. ``packed=True``: each
+    pack is one row; ``packed=False``: each of its sub-samples is a row of its own. Rows are
+    padded to ``seq_len`` with a padding sub-sample. Resume state = the loader's own state (per
+    data-parallel rank) plus, when a pack's sub-samples are only partly used, how many were.
     """
 
     def __init__(self, path: str, tokenizer_json: str, seq_len: int, micro_batch_size: int,
                  dp_rank: int, dp_size: int, seed: int, pad_id: int, num_workers: int = 0,
-                 min_pixels: int | None = None, max_pixels: int | None = None):
-        from llava_ov15.data import SampleProcessor, ShardIterable, ShardLoader  # loader branch
+                 min_pixels: int | None = None, max_pixels: int | None = None,
+                 caption_format: str | None = None, packed: bool = True,
+                 image_token: int | None = None, merge: int = 2):
+        from llava_ov15.data import ShardIterable, ShardLoader
 
-        kw = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
         ds = ShardIterable(path, rank=dp_rank, world_size=dp_size, seed=seed,
-                           transform=SampleProcessor(tokenizer_json, **kw))
+                           transform=sample_processor(path, tokenizer_json, min_pixels,
+                                                      max_pixels, caption_format))
         self.loader = ShardLoader(ds, batch_size=None, num_workers=num_workers)
         self.seq_len, self.mbs, self.pad_id = seq_len, micro_batch_size, pad_id
+        self.packed, self.image_token, self.merge = packed, image_token, merge
         self._it: Iterator | None = None
         self.epoch = 0
+        self._pending: list[dict] = []  # packed=False: the current pack's unused sub-samples
+        self._taken = 0  # ... and how many of them were used
+        self._skip = 0  # after a restore: sub-samples of the next pack already used
 
     def _next_item(self) -> dict:
         while True:
@@ -238,13 +268,29 @@ class PackedShardSource:
                 self.epoch += 1
                 self.loader.dataset.set_epoch(self.epoch)
 
+    def _next_row(self) -> dict:
+        if self.packed:
+            return self._next_item()
+        while not self._pending:
+            self._pending = split_pack(self._next_item(), self.image_token, self.merge)
+            self._taken, self._skip = self._skip, 0
+            del self._pending[:self._taken]
+        self._taken += 1
+        return self._pending.pop(0)
+
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
         rows = []
         for _ in range(self.mbs):
-            it = self._next_item()
+            it = self._next_row()
+            n = len(it["input_ids"])
+            if n > self.seq_len:
+                from .config import ConfigError
+
+                raise ConfigError(f"a pack of {n} tokens does not fit data.seq_len="
+                                  f"{self.seq_len}")
             ids, lab, pos, lens = pad_row(torch.as_tensor(it["input_ids"]),
                                           torch.as_tensor(it["labels"]), list(it["seq_lens"]),
                                           self.seq_len, self.pad_id)
@@ -254,16 +300,40 @@ class PackedShardSource:
         return collate_rows(rows)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "packed", "epoch": self.epoch, "loader": self.loader.state_dict()}
+        loader = dict(self.loader.state_dict())
+        skip = 0
+        if self._pending:  # re-read the current pack on resume and skip what was used
+            loader["batches"] -= 1
+            skip = self._taken
+        return {"kind": "packed", "epoch": self.epoch, "loader": loader, "skip": skip}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = state["epoch"]
         self.loader.dataset.set_epoch(self.epoch)
         self.loader.load_state_dict(state["loader"])
         self._it = None
+        self._pending, self._taken, self._skip = [], 0, int(state.get("skip", 0))
+
+
+def sample_processor(path: str, tokenizer_json: str, min_pixels: int | None,
+                     max_pixels: int | None, caption_format: str | None):
+    """The loader's transform rendering samples exactly as the packer measured them: the
+    manifest's settings (system prompt, caption prompt, eos...), with the config's resolved
+    values, which `resolve` has checked against the manifest."""
+    import inspect
+
+    from llava_ov15.data import SampleProcessor
+    from llava_ov15.data.pack_manifest import PackInfo
+
+    kw = PackInfo.load(path).sample_tokenizer_kwargs()
+    kw.update({k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels),
+                                 ("caption_format", caption_format)) if v is not None})
+    accepted = inspect.signature(SampleProcessor).parameters
+    return SampleProcessor(tokenizer_json, **{k: v for k, v in kw.items() if k in accepted})
 
 
 def build_source(cfg, mc: LlavaOV15Config, dp_rank: int, dp_size: int) -> BatchSource:
+    """The run's batches; `cfg` has been through `resolve.resolve_inputs` (no None left)."""
     d = cfg.data
     if d.kind == "synthetic":
         tok = load_tokenizer(d.tokenizer, mc)
@@ -271,11 +341,9 @@ def build_source(cfg, mc: LlavaOV15Config, dp_rank: int, dp_size: int) -> BatchS
             mc, tok, d.seq_len, d.micro_batch_size, dp_rank, dp_size, d.seed, d.image_sizes,
             d.caption_words, d.num_classes, d.images_per_sample, d.min_pixels, d.max_pixels,
             d.num_packs, d.packed)
-    tok_json = d.tokenizer
-    if tok_json == "qwen":
-        from llava_ov15.data.tokenizer import qwen_tokenizer_json
+    from .resolve import tokenizer_file
 
-        tok_json = str(qwen_tokenizer_json())
-    return PackedShardSource(d.path, tok_json, d.seq_len, d.micro_batch_size, dp_rank, dp_size,
-                             d.seed, mc.tokens.endoftext, d.num_workers, d.min_pixels,
-                             d.max_pixels)
+    return PackedShardSource(d.path, str(tokenizer_file(d.tokenizer)), d.seq_len,
+                             d.micro_batch_size, dp_rank, dp_size, d.seed, mc.tokens.endoftext,
+                             d.num_workers, d.min_pixels, d.max_pixels, d.caption_format,
+                             d.packed, mc.tokens.image, mc.vision.spatial_merge_size)

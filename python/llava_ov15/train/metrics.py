@@ -89,6 +89,25 @@ class FlopCounter:
         return total
 
 
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only the records of steps <= `last_step` (the step a run resumes from): a run killed
+    after logging steps it had not checkpointed replays them, and must not list them twice. A
+    torn last line (kill -9 mid-write) goes too."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= last_step:
+            keep.append(line + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
+
+
 class MetricsLogger:
     """Rank-0 sink: progress bar or log lines, metrics.jsonl, TensorBoard."""
 
@@ -100,12 +119,16 @@ class MetricsLogger:
             return
         if log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(Path(log_dir) / "metrics.jsonl", "a")  # noqa: SIM115
+            path = Path(log_dir) / "metrics.jsonl"
+            truncate_metrics(path, start_step)
+            self.jsonl = open(path, "a")  # noqa: SIM115
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
 
-                    self.tb = SummaryWriter(str(Path(log_dir) / "tensorboard"))
+                    # purge_step: TensorBoard drops the events of steps being replayed
+                    self.tb = SummaryWriter(str(Path(log_dir) / "tensorboard"),
+                                            purge_step=start_step + 1 if start_step else None)
                 except Exception as e:  # pragma: no cover - tensorboard missing
                     print(f"[train] tensorboard disabled: {e}", file=sys.stderr)
         if progress == "auto":

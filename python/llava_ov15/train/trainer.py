@@ -287,11 +287,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from .data import build_source
     from .metrics import FlopCounter, MetricsLogger, device_peak_tflops
 
+    ckpt.check_checkpoint_dir(cfg)
     rt = init_runtime(cfg)
+    if cfg.checkpoint.overwrite and not cfg.checkpoint.resume and rt.rank == 0:
+        ckpt.clear_checkpoints(cfg.checkpoint.dir)
     model, raw, mc, tcfg = build_model(cfg, rt)
     opt, sched = build_optimizer(cfg, model, tcfg)
     data = build_source(cfg, mc, rt.dp_rank, rt.dp)
     step = resume_or_init(cfg, model, opt, sched, data)
+    if cfg.checkpoint.dir and rt.rank == 0:
+        ckpt.save_tokenizer(cfg.checkpoint.dir, cfg.data.tokenizer, mc)
     n_micro = cfg.train.global_batch_size // (cfg.data.micro_batch_size * rt.dp)
     names = [n for n, p in raw.named_parameters() if p.requires_grad]
     flops = FlopCounter(mc, any(n.startswith("vision.") and ".merger." not in n for n in names),
@@ -301,6 +306,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     log = MetricsLogger(cfg.log.dir, cfg.log.progress, cfg.train.steps, step,
                         cfg.log.tensorboard, enabled=rt.rank == 0)
     stop, losses = ckpt.StopFlag(), []
+    if rt.rank == 0 and cfg.log.progress != "quiet":
+        print("[train] Ctrl-C (or SIGTERM) stops after this step"
+              + (" and saves a checkpoint" if cfg.checkpoint.dir and cfg.checkpoint.save_on_exit
+                 else "") + "; a second Ctrl-C aborts at once", file=sys.stderr, flush=True)
     try:
         while step < cfg.train.steps:
             t0 = time.perf_counter()
@@ -362,6 +371,9 @@ def resume_or_init(cfg: TrainConfig, model, opt, sched, data) -> int:
             if dist.get_rank() == 0:
                 print(f"[train] resumed from {path} at step {step}", file=sys.stderr, flush=True)
             return step
+        if dist.get_rank() == 0:
+            print(f"[train] --resume: no checkpoint in {c.dir} yet, starting fresh",
+                  file=sys.stderr, flush=True)
     if c.load:
         ckpt.load_model_only(c.load, model)
         # the optimizer's fp32 master copies must follow the loaded weights
