@@ -29,19 +29,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(*sets: str, nproc: int = 1, config: str = CONFIG, resume: bool = False,
-        timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "PYTHONWARNINGS": "ignore",
-           "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "PYTHONWARNINGS": "ignore",
+       "OMP_NUM_THREADS": "1"}
+
+
+def command(*sets: str, nproc: int = 1, config: str = CONFIG, resume: bool = False,
+            overwrite: bool = False) -> list[str]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                 "--master-port", str(free_port())] if nproc > 1 else [sys.executable]
     cmd = [*launcher, "-m", "llava_ov15.train", "--config", config]
     for s in [*BASE, *sets]:
         cmd += ["--set", s]
-    if resume:
-        cmd.append("--resume")
+    return cmd + ["--resume"] * resume + ["--overwrite"] * overwrite
+
+
+def run(*sets: str, nproc: int = 1, config: str = CONFIG, resume: bool = False,
+        overwrite: bool = False, timeout: float = 300,
+        check: bool = True) -> subprocess.CompletedProcess:
+    cmd = command(*sets, nproc=nproc, config=config, resume=resume, overwrite=overwrite)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env, cwd=ROOT, start_new_session=True)
+                         env=ENV, cwd=ROOT, start_new_session=True)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -49,7 +56,7 @@ def run(*sets: str, nproc: int = 1, config: str = CONFIG, resume: bool = False,
         out, err = p.communicate()
         raise AssertionError(f"timed out: {cmd}\n{out[-3000:]}\n{err[-6000:]}") from None
     p = subprocess.CompletedProcess(cmd, p.returncode, out, err)
-    assert p.returncode == 0, f"{cmd}\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    assert p.returncode == 0 or not check, f"{cmd}\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     return p
 
 
@@ -160,3 +167,75 @@ def test_tiny_stage1_lowers_loss_llava_pack(tmp_path):
     _stage1_lowers_loss(tmp_path / "run", "data.kind=packed", f"data.path={root / 'packed'}",
                         f"data.tokenizer={tokenizer}", "data.seq_len=512",
                         "model.text.vocab_size=151936", "model.tokens.published=true")
+
+
+def test_rerun_without_resume_refuses_and_overwrite_starts_over(interrupted, tmp_path):
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    d = tmp_path / "again"
+    shutil.copytree(interrupted, d)
+    sets = (f"log.dir={d}", f"checkpoint.dir={d / 'ckpt'}", "train.steps=1")
+    p = run(*sets, check=False)
+    assert p.returncode == 2, p.stderr
+    assert "already holds checkpoints" in p.stderr and "--resume" in p.stderr
+    assert "--overwrite" in p.stderr and "Traceback" not in p.stderr
+    assert (d / "ckpt" / "latest").read_text().strip() == "iter_0000003"
+    assert sorted(losses(d)) == [1, 2, 3]
+    run(*sets, overwrite=True)
+    assert (d / "ckpt" / "latest").read_text().strip() == "iter_0000001"
+    assert not (d / "ckpt" / "iter_0000003").exists()
+    assert [json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines()] == [1]
+    # the trainer records its tokenizer for conversion to HF
+    tok = Tokenizer.from_file(str(d / "ckpt" / "tokenizer.json"))
+    assert tok.token_to_id("<|image_pad|>") is not None
+
+
+def _start(*sets: str, resume: bool = False) -> tuple[subprocess.Popen, list[str]]:
+    """A training run whose stderr lines are collected (in the list) as they come."""
+    import threading
+
+    p = subprocess.Popen(command(*sets, resume=resume), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+                         start_new_session=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True).start()
+    return p, lines
+
+
+def _wait_for(p: subprocess.Popen, lines: list[str], text: str, timeout: float = 240) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while not any(text in x for x in list(lines)):
+        if p.poll() is not None or time.monotonic() > end:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise AssertionError(f"no {text!r} in:\n{''.join(lines)[-4000:]}")
+        time.sleep(0.05)
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path):
+    """SIGINT (Ctrl-C) finishes the step, saves and exits 0, like SIGTERM; --resume into an
+    empty checkpoint.dir says it starts fresh."""
+    ck = tmp_path / "ckpt"
+    p, lines = _start(f"checkpoint.dir={ck}", "train.steps=100000", resume=True)
+    _wait_for(p, lines, "[train] step 2 ")
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=240) == 0, "".join(lines)[-4000:]
+    err = "".join(lines)
+    assert "starting fresh" in err and "stopped by signal after step" in err
+    step = int(err.split("stopped by signal after step ")[1].split(";")[0])
+    assert (ck / "latest").read_text().strip() == f"iter_{step:07d}"
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path):
+    p, lines = _start(f"checkpoint.dir={tmp_path}", "train.steps=100000", "data.seq_len=512")
+    _wait_for(p, lines, "[train] step 1 ")
+    p.send_signal(signal.SIGINT)
+    _wait_for(p, lines, "Ctrl-C: stopping")
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=60) == 130, "".join(lines)[-4000:]
+    err = "".join(lines)
+    assert "aborted" in err and "Traceback" not in err
+    assert not (tmp_path / "latest").exists()
