@@ -65,11 +65,18 @@ def _direct():
     return out
 
 
-def test_coco_wrapper_identical_to_pycocoevalcap():
-    from llava_ov15.eval.scoring.coco import METRICS, coco_results_file, score_coco
+@pytest.fixture(scope="module")
+def ours():
+    """The wrapper's scores of the clean captions (one Java round-trip shared by two tests)."""
+    from llava_ov15.eval.scoring.coco import score_coco
+
+    return score_coco(*_docs())
+
+
+def test_coco_wrapper_identical_to_pycocoevalcap(ours):
+    from llava_ov15.eval.scoring.coco import METRICS, coco_results_file
 
     docs, preds = _docs()
-    ours = score_coco(docs, preds)
     ref = _direct()
     for k in METRICS:
         assert ours["metrics"][k] == ref[k], k          # identical, not approximately
@@ -77,3 +84,16 @@ def test_coco_wrapper_identical_to_pycocoevalcap():
     assert 0 < ours["metrics"]["CIDEr"] < 10 and 0 < ours["metrics"]["Bleu_1"] <= 1
     assert len(ours["per_sample"]) == len(docs)
     assert coco_results_file(docs, preds)[0] == {"image_id": 139, "caption": PREDS[139]}
+
+
+def test_caption_with_newline_or_control_chars_scores_like_with_a_space(ours):
+    from llava_ov15.eval.scoring.coco import score_coco
+
+    docs, preds = _docs()
+    broken = list(preds)
+    # "\n" is patched by pycocoevalcap itself; "\r" and U+2028 split the PTB tokenizer's line
+    # and shifted later captions onto the wrong image before sanitising.
+    broken[0] = preds[0].replace(" standing ", "\nstanding\r\n")
+    broken[1] = preds[1].replace(" sitting ", "\r sitting\u2028")
+    broken[2] = preds[2].replace(" with ", "\x00with\t\x1b")
+    assert score_coco(docs, broken)["metrics"] == ours["metrics"]

@@ -4,6 +4,8 @@ resume after a crash / Ctrl-C, --limit, --rescore, and clear data errors."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +38,15 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def full_run(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out")
-    cli("--model", "dummy:hash", "--benchmarks", ",".join(ALL), "--data-dir", str(data),
-        "--output", str(out))
+    cli("--model", "dummy:hash", "--benchmarks", "all", "--data-dir", str(data),
+        "--output", str(out), "--note", "Demo model: scores near 0 are expected.")
     return out
+
+
+def test_benchmarks_all_runs_every_supported_benchmark(full_run):
+    res = json.loads((full_run / "results.json").read_text())
+    assert res["config"]["benchmarks"] == ALL
+    assert sorted(res["benchmarks"]) == ALL
 
 
 def _saved(out: Path, name: str) -> list[str]:
@@ -81,6 +89,76 @@ def test_report_html(full_run):
     for name in ALL:
         assert get(name).title.replace("&", "&amp;") in html
     assert "LLaVA-OV-1.5-8B" in html and "Qwen2.5-VL-7B" in html
+
+
+def _pngs(html: str) -> list:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return [Image.open(io.BytesIO(base64.b64decode(b)))
+            for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)]
+
+
+def test_report_charts_fit_the_page_width(full_run):
+    from llava_ov15.eval.report import PAGE_WIDTH_PX
+
+    html = (full_run / "report.html").read_text()
+    assert f"max-width:{PAGE_WIDTH_PX}px" in html and "img{max-width:100%" in html
+    widths = [im.size[0] for im in _pngs(html)]
+    assert len(widths) >= 5 and max(widths) <= PAGE_WIDTH_PX
+    assert widths[0] >= 0.8 * PAGE_WIDTH_PX      # the headline chart uses the width it has
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (headless)")
+def test_report_has_no_horizontal_scroll_in_a_browser(full_run, tmp_path):
+    """Rendered by headless Chromium in a 1024 px window, the page is no wider than the window."""
+    html = (full_run / "report.html").read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", "<script>var d=document.documentElement;"
+                                  "document.body.setAttribute('data-w', d.scrollWidth + '/' + "
+                                  "d.clientWidth)</script></body>"))
+    p = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                        "--window-size=1024,800", "--dump-dom", probe.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-w="(\d+)/(\d+)"', p.stdout)
+    assert m, p.stderr[-2000:]
+    assert int(m.group(1)) <= int(m.group(2))
+
+
+def test_headline_chart_includes_mme_and_coco_on_their_own_axes(full_run):
+    from llava_ov15.eval.report import summary_figure
+
+    res = json.loads((full_run / "results.json").read_text())
+    fig = summary_figure(res["benchmarks"], {n: get(n) for n in ALL})
+    panels = {t.get_text(): ax for ax in fig.axes for t in ax.get_xticklabels()}
+    scored = [n for n in ALL if get(n).score is not None]
+    assert sorted(panels) == scored                  # every scored benchmark, MME and COCO too
+    assert panels["mme"] is not panels["coco2017_cap_val"] is not panels["pope"]
+    assert panels["mme"].get_ylim()[1] >= 2800 and panels["pope"].get_ylim()[1] <= 105
+    assert "not normalised" in fig._suptitle.get_text()
+    assert "own axis" in panels["mme"].get_title()
+
+
+def test_report_says_in_words_when_published_figures_are_absent(full_run):
+    html = (full_run / "report.html").read_text()
+    summary = html[html.index("<h2>Summary</h2>"):html.index("</table>")]
+    assert "<td>-</td>" not in summary
+    rows = re.findall(r"<tr><td>(.*?)</tr>", summary)
+    assert len(rows) == len(ALL)
+    for row in rows:
+        assert ("no published figure" in row) != bool(re.search(r"<td>\d+\.\d\*?</td>", row))
+    mme = next(r for r in rows if r.startswith("MME<"))
+    assert "has no public source" in mme
+    assert "no answers in this split" in summary           # test splits: submission only
+
+
+def test_report_shows_the_note(full_run):
+    html = (full_run / "report.html").read_text()
+    assert "<div class='callout'><b>Note:</b> Demo model: scores near 0 are expected." in html
+    res = json.loads((full_run / "results.json").read_text())
+    assert res["notes"] == ["Demo model: scores near 0 are expected."]
 
 
 def test_resume_after_crash_and_ctrl_c(data, tmp_path):

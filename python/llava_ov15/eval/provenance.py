@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import subprocess
 from importlib import metadata
@@ -39,8 +40,12 @@ def model_fingerprint(spec: str) -> dict:
     for f in files:
         rel = f.relative_to(p).as_posix()
         h.update(f"{rel}\0{f.stat().st_size}\0{file_digest(f)}\n".encode())
-    return {"spec": str(p.resolve()), "fingerprint": h.hexdigest()[:16], "files": len(files),
-            "method": "sha256(name, size, sha256(content; >64MiB: size+first/last 8MiB))"}
+    out = {"spec": str(p.resolve()), "fingerprint": h.hexdigest()[:16], "files": len(files),
+           "method": "sha256(name, size, sha256(content; >64MiB: size+first/last 8MiB))"}
+    params = count_parameters(spec)
+    if params is not None:
+        out["parameters"] = params
+    return out
 
 
 def versions(with_java: bool = False) -> dict:
@@ -62,3 +67,44 @@ def versions(with_java: bool = False) -> dict:
         except (OSError, subprocess.TimeoutExpired):
             out["java"] = None
     return out
+
+
+def count_parameters(spec: str) -> int | None:
+    """Number of weights in a checkpoint directory's safetensors files, read from the file
+    headers only (no torch, no tensor data); None when there are none or a header is bad."""
+    p = Path(spec)
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
+    if not files:
+        return None
+    total = 0
+    try:
+        for f in files:
+            with f.open("rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if not 0 < n <= 100 << 20:
+                    return None
+                header = json.loads(fh.read(n))
+            for name, t in header.items():
+                if name == "__metadata__":
+                    continue
+                size = 1
+                for d in t["shape"]:
+                    size *= int(d)
+                total += size
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return total
+
+
+# Below this many weights a model is a toy (the demo's is ~10 M; the published one 8.5 B).
+SMALL_MODEL_PARAMS = 100_000_000
+
+
+def auto_notes(model: dict) -> list[str]:
+    """Notes derived from the model's provenance, shown at the top of the report."""
+    n = model.get("parameters")
+    if n is None or n >= SMALL_MODEL_PARAMS:
+        return []
+    return [f"This model has only {n / 1e6:.1f} M parameters (LLaVA-OV-1.5-8B has 8.5 B): "
+            "scores near zero are expected from a model this small or this briefly trained; "
+            "they do not mean the evaluation is broken."]

@@ -35,6 +35,17 @@ _MATCH = {
 }
 
 
+# Benchmarks the article quotes a figure for that no public source backs (see module docstring).
+_UNSOURCED = ("mme", "vqav2_val", "vqav2_testdev", "coco2017_cap_val")
+
+
+def absent_reason(benchmark: str) -> str:
+    """Why the report shows no published figure for ``benchmark`` (a phrase for a table cell)."""
+    if benchmark in _UNSOURCED:
+        return "no published figure: the article's number has no public source"
+    return "no published figure: not reported in the LLaVA-OV-1.5 tech report"
+
+
 def published_for(benchmark: str) -> dict | None:
     """{"name", "match", "source", "scores": {model: value}} or None."""
     if benchmark not in _MATCH:

@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from .published import MODELS
+from .published import MODELS, absent_reason
 
 _COLORS = {"ours": "#1f77b4", MODELS[0]: "#ff7f0e", MODELS[1]: "#2ca02c"}
 
@@ -23,27 +23,50 @@ def write_results(path: Path, results: dict) -> None:
     path.write_text(json.dumps(clean, indent=1, ensure_ascii=False, default=str))
 
 
+# The page is at most PAGE_WIDTH_PX wide (CSS below); every chart is drawn at a fixed size no
+# wider than that (constrained layout, no "tight" bounding box that could grow the image).
+PAGE_WIDTH_PX = 1100
+CHART_DPI = 100
+CHART_WIDTH_IN = 10.0   # 1000 px
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=CHART_DPI)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def summary_chart(bench: dict, specs: dict) -> str | None:
-    """Headline scores (percent scale) next to the published figures."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(k, v) for k, v in bench.items()
-            if v.get("headline") and specs[k].headline_max <= 100]
+    return plt
+
+
+def summary_chart(bench: dict, specs: dict) -> str | None:
+    fig = summary_figure(bench, specs)
+    return None if fig is None else _png(fig)
+
+
+def summary_figure(bench: dict, specs: dict):
+    """Headline scores next to the published figures. Benchmarks scored in percent share one
+    panel; each other scale (MME total out of 2800, COCO CIDEr x100) gets a panel of its own
+    with its own axis, so no score is rescaled and none is left out."""
+    rows = [(k, v) for k, v in bench.items() if v.get("headline")]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 3.6))
+    pct = [(k, v) for k, v in rows if specs[k].headline_max <= 100]
+    other = [(k, v) for k, v in rows if specs[k].headline_max > 100]
+    plt = _pyplot()
+    ratios = ([max(2.0, 0.55 * len(pct))] if pct else []) + [1.0] * len(other)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(CHART_WIDTH_IN, 4.4), squeeze=False,
+                             width_ratios=ratios, layout="constrained")
+    axes = list(axes[0])
     width = 0.27
     labelled: set[str] = set()
 
@@ -53,36 +76,49 @@ def summary_chart(bench: dict, specs: dict) -> str | None:
         labelled.add(name)
         return name
 
-    for i, (_name, e) in enumerate(rows):
+    if pct:
+        ax = axes.pop(0)
+        for i, (_name, e) in enumerate(pct):
+            v = e["headline"]["value"]
+            ax.bar(i - width, v, width, color=_COLORS["ours"], label=label("ours"))
+            ax.text(i - width, v + 1, f"{v:.1f}", ha="center", fontsize=6)
+            pub = e.get("published")
+            if pub:
+                hatch = None if pub["match"] == "exact" else "//"
+                for j, m in enumerate(MODELS):
+                    ax.bar(i + j * width, pub["scores"][m], width, color=_COLORS[m],
+                           hatch=hatch, label=label(m))
+        ax.set_xticks(range(len(pct)))
+        ax.set_xticklabels([n for n, _ in pct], rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("score (%)")
+        ax.set_title("percent scale (0-100)", fontsize=8)
+    for ax, (name, e) in zip(axes, other, strict=True):
         v = e["headline"]["value"]
-        ax.bar(i - width, v, width, color=_COLORS["ours"], label=label("ours"))
-        ax.text(i - width, v + 1, f"{v:.1f}", ha="center", fontsize=7)
-        pub = e.get("published")
-        if pub:
-            hatch = None if pub["match"] == "exact" else "//"
-            for j, m in enumerate(MODELS):
-                ax.bar(i + j * width, pub["scores"][m], width, color=_COLORS[m], hatch=hatch,
-                       label=label(m))
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([n for n, _ in rows], rotation=30, ha="right")
-    ax.set_ylabel("score (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("Headline scores (hatched: published on a non-identical split/variant)",
-                 fontsize=9)
-    return _png(fig)
+        top = max(specs[name].headline_max, v * 1.1)
+        ax.bar(0, v, 0.5, color=_COLORS["ours"], label=label("ours"))
+        ax.text(0, v + top * 0.01, f"{v:.1f}", ha="center", fontsize=6)
+        ax.set_xticks([0])
+        ax.set_xticklabels([name], rotation=45, ha="right", fontsize=7)
+        ax.set_xlim(-0.8, 0.8)
+        ax.set_ylim(0, top)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(f"{e['headline']['metric']}\n(0-{specs[name].headline_max:g}, own axis)",
+                     fontsize=8)
+    fig.suptitle("Headline scores - raw values, not normalised: percent-scale benchmarks share "
+                 "the left panel;\nMME and COCO (other scales) have their own panels and axes. "
+                 "Hatched: published on a non-identical split/variant.", fontsize=8)
+    fig.legend(loc="outside lower center", ncol=3, fontsize=7)
+    return fig
 
 
 def category_chart(name: str, cats: dict[str, float], ymax: float | None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(cats) + 2), 3.2))
+    plt = _pyplot()
+    w = min(CHART_WIDTH_IN, max(4.0, 0.3 * len(cats) + 2))
+    fig, ax = plt.subplots(figsize=(w, 3.4), layout="constrained")
     ax.bar(range(len(cats)), list(cats.values()), color=_COLORS["ours"])
     ax.set_xticks(range(len(cats)))
-    ax.set_xticklabels(list(cats), rotation=45, ha="right", fontsize=7)
+    ax.set_xticklabels(list(cats), rotation=45, ha="right", fontsize=6 if len(cats) > 20 else 7)
     if ymax:
         ax.set_ylim(0, ymax)
     ax.set_title(name, fontsize=9)
@@ -104,7 +140,26 @@ def _gold(doc: dict) -> str:
             if isinstance(v, list):
                 v = [a.get("answer", a) if isinstance(a, dict) else a for a in v]
             return str(v)[:200]
-    return "-"
+    return "(no reference answer in this split)"
+
+
+def attach_saved_samples(entry: dict, out_dir: Path, table) -> None:
+    """For a benchmark kept from an earlier run: its saved predictions and rows, so that the
+    report still shows examples (without per-sample scores). Best effort: nothing on failure."""
+    from .runner import ResumeError, read_predictions
+
+    n = entry.get("n_samples", 0)
+    if table is None or not entry.get("predictions") or len(table) < n:
+        return
+    try:
+        recs = read_predictions(out_dir / entry["predictions"], repair=False)
+    except (OSError, ResumeError):
+        return
+    if any(i not in recs for i in range(n)):
+        return
+    entry["_docs"] = table.docs[:n]
+    entry["_preds"] = [recs[i]["prediction"] for i in range(n)]
+    entry["_per_sample"] = None
 
 
 def sample_rows(entry: dict, spec, table, k: int) -> list[dict]:
@@ -129,10 +184,12 @@ def sample_rows(entry: dict, spec, table, k: int) -> list[dict]:
     return rows
 
 
-_CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}
-th{background:#f3f3f3}.note{color:#666;font-size:12px}img.t{max-width:224px}
-pre{white-space:pre-wrap;margin:0;font-size:12px;max-width:420px}"""
+_CSS = f"""body{{font-family:sans-serif;margin:2em;max-width:{PAGE_WIDTH_PX}px}}
+table{{border-collapse:collapse}}img{{max-width:100%;height:auto}}
+.callout{{background:#fff6d6;border:1px solid #e0c060;padding:6px 10px;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}
+th{{background:#f3f3f3}}.note{{color:#666;font-size:12px}}img.t{{max-width:224px}}
+pre{{white-space:pre-wrap;margin:0;font-size:12px;max-width:420px}}"""
 
 
 def write_report(path: Path, results: dict, specs: dict, tables: dict,
@@ -146,19 +203,33 @@ def write_report(path: Path, results: dict, specs: dict, tables: dict,
     out.append(f"<p>Model <code>{esc(str(m.get('spec')))}</code>, fingerprint "
                f"<code>{esc(str(m.get('fingerprint')))}</code>; created "
                f"{esc(results['created'])}; greedy, batch size 1.</p>")
+    mnt = results.get("config", {}).get("max_new_tokens")
+    if mnt is not None:
+        out.append(f"<p>Generation limit: <b>{mnt} new tokens for every benchmark</b> "
+                   "(--max-new-tokens), instead of each task's own.</p>")
+    for note in results.get("notes", []):
+        out.append(f"<div class='callout'><b>Note:</b> {esc(note)}</div>")
     out.append("<h2>Summary</h2><table><tr><th>benchmark</th><th>samples</th><th>headline</th>"
                f"<th>ours</th><th>{MODELS[0]}</th><th>{MODELS[1]}</th><th>notes</th></tr>")
-    for e in bench.values():
+    for name, e in bench.items():
         h = e.get("headline")
         pub = e.get("published")
-        pubv = [f"{pub['scores'][mm]:.1f}" + ("" if pub["match"] == "exact" else "*")
-                for mm in MODELS] if pub else ["-", "-"]
+        if pub:
+            pub_cells = "".join(
+                f"<td>{pub['scores'][mm]:.1f}{'' if pub['match'] == 'exact' else '*'}</td>"
+                for mm in MODELS)
+        else:
+            pub_cells = f"<td colspan='2' class='note'>{esc(absent_reason(name))}</td>"
         notes = list(e.get("notes", []))
         if pub and pub["match"] != "exact":
             notes.append(f"* published figure is '{pub['name']}' ({pub['match']})")
-        metric, value = (esc(h["metric"]), f"<b>{h['value']:.2f}</b>") if h else ("-", "-")
+        if h:
+            metric, value = esc(h["metric"]), f"<b>{h['value']:.2f}</b>"
+        else:
+            metric, value = "none", "<span class='note'>no answers in this split: see the " \
+                "submission file</span>"
         out.append(f"<tr><td>{esc(e['title'])}</td><td>{e['n_samples']}/{e['n_total']}</td>"
-                   f"<td>{metric}</td><td>{value}</td><td>{pubv[0]}</td><td>{pubv[1]}</td>"
+                   f"<td>{metric}</td><td>{value}</td>{pub_cells}"
                    f"<td class='note'>{esc('; '.join(notes))}</td></tr>")
     out.append("</table>")
     chart = summary_chart(bench, specs)
@@ -180,12 +251,17 @@ def write_report(path: Path, results: dict, specs: dict, tables: dict,
                 out.append(f"<p><img src='data:image/png;base64,{img}'></p>")
         if e.get("submission"):
             out.append(f"<p>Submission file: <code>{esc(e['submission'])}</code></p>")
+        if "_docs" not in e:
+            out.append("<p class='note'>Sample predictions not shown: this benchmark's results "
+                       "were kept from an earlier run and its data or predictions could not be "
+                       "read now.</p>")
+            continue
         rows = sample_rows(e, specs[name], tables.get(name), samples_per_benchmark)
         out.append("<table><tr><th>#</th><th>image</th><th>prompt</th><th>prediction</th>"
                    "<th>reference</th><th>score</th></tr>")
         for r in rows:
             imgs = "".join(f"<img class='t' src='data:image/jpeg;base64,{t}'>" for t in r["thumbs"])
-            sc = "-" if r["score"] is None else f"{r['score']:.1f}"
+            sc = "n/a" if r["score"] is None else f"{r['score']:.1f}"
             out.append(f"<tr><td>{r['doc_id']}</td><td>{imgs}</td>"
                        f"<td><pre>{esc(r['prompt'])}</pre></td><td>{esc(r['prediction'])}</td>"
                        f"<td>{esc(r['gold'])}</td><td>{sc}</td></tr>")

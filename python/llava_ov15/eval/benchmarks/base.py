@@ -44,6 +44,8 @@ class Benchmark:
     breakdown: str | None = None              # breakdown charted per category
     loader: Callable[[Benchmark, Path], ParquetTable] | None = None
     notes: str = ""
+    # The scorer runs external programs (Java) and takes ``timeout_s=`` (--scorer-timeout).
+    external_scorer: bool = False
 
     def load(self, data_dir: Path) -> ParquetTable:
         root = Path(data_dir) / self.folder

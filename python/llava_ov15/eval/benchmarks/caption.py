@@ -18,4 +18,5 @@ register(Benchmark(
     required=("question_id", "answer"), max_new_tokens=64, build_prompt=coco_prompt,
     score=score_coco, headline="CIDEr_x100", headline_max=150.0,
     submission=coco_results_file, submission_file="coco2017_val_captions_results.json",
-    key=lambda d: str(d["question_id"]), notes="SPICE not computed"))
+    key=lambda d: str(d["question_id"]), notes="SPICE not computed",
+    external_scorer=True))

@@ -4,15 +4,26 @@ PTB tokenization (Stanford CoreNLP 3.4.1, needs ``java``), then BLEU-1..4 (corpu
 reference length), METEOR 1.5 (Java), ROUGE-L (beta 1.2) and CIDEr-D (sigma 6, document
 frequencies from the evaluated references). SPICE is left out (needs Java 8/11 and a download).
 Scores are returned on pycocoevalcap's own scale (fractions; CIDEr is already x10 internally,
-typically ~1.0); ``CIDEr_x100`` etc. are the usual "percent" presentation.
+typically ~1.0); ``CIDEr_x100`` etc. are the usual "percent" presentation. Captions are sent as
+one line each (control characters -> space) to a child process with a time limit.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+# Seconds the Java scorers may take (5,000 val images take about a minute on one core).
+DEFAULT_TIMEOUT_S = 900.0
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def image_id_of(doc: dict) -> int:
@@ -34,58 +45,74 @@ def build_inputs(docs: Sequence[dict], preds: Sequence[str]) -> tuple[dict, dict
     return gts, res
 
 
-def compute_coco_metrics(gts: dict, res: dict, metrics: Sequence[str] = METRICS) -> dict:
-    """Tokenize and score exactly as pycocoevalcap's COCOEvalCap.evaluate does (minus SPICE)."""
+class CocoScoringError(RuntimeError):
+    """The external COCO scorers failed or did not finish in time (the message says which)."""
+
+
+def sanitize_caption(text: str) -> str:
+    """One line of plain text per caption. The PTB tokenizer is fed one caption per line and
+    METEOR one request per line: a CR, a Unicode line separator or another control character
+    in a caption splits it, shifting every later caption onto the wrong image, or leaves METEOR
+    waiting for a line that never comes. Each run of them becomes one space."""
+    return _CONTROL.sub(" ", text)
+
+
+def compute_coco_metrics(gts: dict, res: dict, metrics: Sequence[str] = METRICS, *,
+                         timeout_s: float | None = None,
+                         command: Sequence[str] | None = None) -> dict:
+    """Tokenize and score exactly as pycocoevalcap's COCOEvalCap.evaluate does (minus SPICE),
+    in a child process (``_coco_worker.py``) stopped - with its Java processes - after
+    ``timeout_s`` seconds (default ``DEFAULT_TIMEOUT_S``). ``command`` replaces the worker's
+    command line (tests)."""
+    if command is None:
+        command = _worker_command()
+    timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    req = {"gts": [[k, [sanitize_caption(c["caption"]) for c in v]] for k, v in gts.items()],
+           "res": [[k, [sanitize_caption(c["caption"]) for c in v]] for k, v in res.items()],
+           "metrics": list(metrics)}
+    # A session of its own, so that a timeout can stop the Java processes the worker started.
+    p = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = p.communicate(json.dumps(req).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(p)
+        raise CocoScoringError(
+            f"COCO caption scoring (pycocoevalcap: Java PTB tokenizer, METEOR) did not finish "
+            f"within {timeout:g} s and was stopped; raise --scorer-timeout for large runs, or "
+            "check that `java -version` works") from None
+    except BaseException:
+        _kill_group(p)
+        raise
+    if p.returncode != 0:
+        tail = " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
+        raise CocoScoringError(f"COCO caption scoring failed (exit {p.returncode}): {tail}")
+    try:
+        r = json.loads(out)
+    except ValueError:
+        raise CocoScoringError("COCO caption scoring returned no result") from None
+    return {"metrics": {k: r["metrics"][k] for k in METRICS if k in r["metrics"]},
+            "per_image": r["per_image"], "image_ids": r["image_ids"]}
+
+
+def _worker_command() -> list[str]:
     if shutil.which("java") is None:
-        raise RuntimeError("COCO caption scoring needs Java on PATH (PTB tokenizer, METEOR)")
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
-    from pycocoevalcap.rouge.rouge import Rouge
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    tok = PTBTokenizer()
-    gts_t, res_t = tok.tokenize(gts), tok.tokenize(res)
-    out: dict[str, float] = {}
-    per_image: dict[str, list[float]] = {}
-    want = set(metrics)
-    if want & {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"}:
-        score, scores = Bleu(4).compute_score(gts_t, res_t, verbose=0)
-        for n in range(4):
-            out[f"Bleu_{n + 1}"] = float(score[n])
-        per_image["Bleu_4"] = [float(s) for s in scores[3]]
-    for name, cls in (("METEOR", Meteor), ("ROUGE_L", Rouge), ("CIDEr", Cider)):
-        if name not in want:
-            continue
-        scorer = cls()
-        try:
-            score, scores = scorer.compute_score(gts_t, res_t)
-        finally:
-            if name == "METEOR":
-                _close_meteor(scorer)
-        out[name] = float(score)
-        per_image[name] = [float(s) for s in scores]
-    return {"metrics": {k: out[k] for k in METRICS if k in out}, "per_image": per_image,
-            "image_ids": list(gts_t.keys())}
+        raise CocoScoringError("COCO caption scoring needs Java on PATH (PTB tokenizer, METEOR)")
+    return [sys.executable, str(Path(__file__).with_name("_coco_worker.py"))]
 
 
-def _close_meteor(m) -> None:
-    p = getattr(m, "meteor_p", None)
-    if p is None:
-        return
-    with m.lock:
-        for stream in (p.stdin, p.stdout, p.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        p.kill()
-        p.wait()
+def _kill_group(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    p.communicate()
 
 
-def score_coco(docs: Sequence[dict], preds: Sequence[str]) -> dict:
+def score_coco(docs: Sequence[dict], preds: Sequence[str], *,
+               timeout_s: float | None = None) -> dict:
     gts, res = build_inputs(docs, preds)
-    r = compute_coco_metrics(gts, res)
+    r = compute_coco_metrics(gts, res, timeout_s=timeout_s)
     m = dict(r["metrics"])
     m.update({f"{k}_x100": v * 100.0 for k, v in r["metrics"].items()})
     cider = dict(zip(r["image_ids"], r["per_image"]["CIDEr"], strict=True))
