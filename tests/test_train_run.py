@@ -239,3 +239,11 @@ def test_second_ctrl_c_aborts_at_once(tmp_path):
     err = "".join(lines)
     assert "aborted" in err and "Traceback" not in err
     assert not (tmp_path / "latest").exists()
+
+
+def test_checkpoint_load_alone_brings_the_architecture(tmp_path):
+    """A checkpoint of a non-default shape initialises a run that names nothing but its dir."""
+    run(f"checkpoint.dir={tmp_path / 'a'}", "train.steps=1", "model.text.hidden_size=32",
+        "model.text.intermediate_size=64", "model.vision.hidden_size=16")
+    run(f"checkpoint.load={tmp_path / 'a'}", f"log.dir={tmp_path / 'b'}", "train.steps=1")
+    assert sorted(losses(tmp_path / "b")) == [1]
