@@ -151,6 +151,27 @@ def test_presets_match_reference_numbers():
     assert LlavaOV15Config.from_hf_dict(c8.to_hf_dict()) == c8
 
 
+def test_config_keeps_unmodelled_sub_config_keys():
+    from dataclasses import replace
+
+    d = get_config("tiny").to_hf_dict()
+    d["text_config"].update(layer_types=["full_attention"] * 2, sliding_window=None,
+                            initializer_range=0.02, rope_scaling={"rope_type": "default",
+                                                                  "rope_theta": 1e4})
+    d["vision_config"].update(initializer_range=0.02, num_hidden_layers=2)
+    back = LlavaOV15Config.from_hf_dict(d).to_hf_dict()
+    assert back == d
+    # a field changed after loading is not contradicted by a kept alias or rope dict
+    c = LlavaOV15Config.from_hf_dict(d)
+    c = replace(c, vision=replace(c.vision, num_layers=3),
+                text=replace(c.text, rope_theta=5e6))
+    out = c.to_hf_dict()
+    assert out["vision_config"]["num_hidden_layers"] == out["vision_config"]["depth"] == 3
+    assert out["text_config"]["rope_scaling"]["rope_theta"] == 5e6
+    assert out["text_config"]["layer_types"] == ["full_attention"] * 2
+    assert LlavaOV15Config.from_hf_dict(out) == c
+
+
 def test_tied_embeddings_round_trip(tmp_path):
     from llava_ov15.model.config import tiny_config
 

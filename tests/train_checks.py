@@ -17,7 +17,7 @@ import torch
 def main(out_dir: str) -> None:
     from llava_ov15.convert import hf_to_mcore, mcore_to_hf
     from llava_ov15.model.checkpoint import iter_checkpoint
-    from llava_ov15.model.testing import tiny_model
+    from llava_ov15.model.testing import tiny_model, word_tokenizer
     from llava_ov15.train import checkpointing as ck
     from llava_ov15.train import trainer
     from llava_ov15.train.config import load_config
@@ -36,6 +36,8 @@ def main(out_dir: str) -> None:
     mc = hf.config
     hf_dir = out / "hf"
     hf.save_pretrained(hf_dir)
+    # conversion carries the tokenizer HF -> mcore -> HF (mcore-to-hf refuses to write without)
+    word_tokenizer(mc).save(str(hf_dir / "tokenizer.json"))
 
     # 1. megatron model (TP=1) == HF-layout model: per-token loss and logits on a packed batch.
     trainer.init_parallel(1, 1)

@@ -2,7 +2,8 @@
 
 DIR is an HF-layout directory (config.json, *.safetensors, tokenizer.json), e.g. a download of
 lmms-lab/LLaVA-OneVision-1.5-8B-Instruct or a directory written by `save_pretrained`.
-The answer is streamed to stdout as it is generated.
+The answer is streamed to stdout as it is generated. A missing or damaged model directory or
+image file ends with a one-line error and exit status 2.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 class TextStreamer:
@@ -52,20 +54,59 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class UsageError(Exception):
+    """Bad input from the command line: reported as one line, exit status 2."""
+
+
+def check_model_dir(path: str) -> Path:
+    """Fail before the (slow) model load when the directory cannot be a model."""
+    d = Path(path)
+    if not d.is_dir():
+        raise UsageError(f"--model {d}: no such directory" if not d.exists()
+                         else f"--model {d}: not a directory")
+    if not (d / "config.json").is_file():
+        raise UsageError(f"--model {d}: not an HF model directory (no config.json); convert a "
+                         "training checkpoint with `python -m llava_ov15.convert mcore-to-hf`")
+    if not (d / "tokenizer.json").is_file():
+        raise UsageError(f"--model {d}: no tokenizer.json (re-run `python -m llava_ov15.convert "
+                         "mcore-to-hf`, which writes it)")
+    return d
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .model.pipeline import load_pipeline
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    model_dir = check_model_dir(args.model)
+    from .model.checkpoint import CheckpointError
+    from .model.pipeline import ImageLoadError, load_image, load_pipeline
     from .model.processor import MAX_PIXELS, MIN_PIXELS
 
+    try:  # decode the images first: a bad file should not cost a model load
+        images = [load_image(f) for f in args.image]
+    except ImageLoadError as e:
+        raise UsageError(f"--image {e}") from None
     t0 = time.perf_counter()
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
-                         min_pixels=args.min_pixels or MIN_PIXELS,
-                         max_pixels=args.max_pixels or MAX_PIXELS)
-    content = [{"type": "image", "image": f} for f in args.image]
+    try:
+        pipe = load_pipeline(model_dir, device=args.device, dtype=args.dtype,
+                             min_pixels=args.min_pixels or MIN_PIXELS,
+                             max_pixels=args.max_pixels or MAX_PIXELS)
+    except (CheckpointError, OSError, ValueError) as e:  # incl. bad JSON, missing weights
+        raise UsageError(f"--model {model_dir}: {e}") from None
+    content = [{"type": "image", "image": im} for im in images]
     msgs = [{"role": "user", "content": [*content, {"type": "text", "text": args.prompt}]}]
     if args.system is not None:
         msgs.insert(0, {"role": "system", "content": args.system})
-    enc = pipe.encode(msgs)
+    try:
+        enc = pipe.encode(msgs)
+    except ValueError as e:  # e.g. an aspect ratio over 200
+        raise UsageError(f"--image: {e}") from None
     print(f"[loaded in {time.perf_counter() - t0:.1f}s; prompt {len(enc['input_ids'])} tokens]",
           file=sys.stderr)
     cfg = pipe.generation_config(

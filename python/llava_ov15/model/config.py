@@ -143,6 +143,12 @@ class LlavaOV15Config:
         known = {"vision_config", "text_config", "model_type", "image_token_id", "video_token_id",
                  "vision_start_token_id", "vision_end_token_id", "llava_ov15_token_ids"}
         extra = {k: x for k, x in d.items() if k not in known}
+        # Sub-config keys we do not model (layer_types, sliding_window, initializer_range, ...)
+        # are kept too, so a converted or trained model's config.json keeps them verbatim.
+        for name, written in (("vision_config", _VISION_WRITTEN), ("text_config", _TEXT_WRITTEN)):
+            rest = {k: x for k, x in (d.get(name) or {}).items() if k not in written}
+            if rest:
+                extra[name] = rest
         return cls(vision=vision, text=text, tokens=tok, extra=extra)
 
     def to_hf_dict(self) -> dict[str, Any]:
@@ -160,7 +166,8 @@ class LlavaOV15Config:
                                   if k in ("im_start", "im_end", "endoftext")},
             vocab_size=t.vocab_size,
             vision_config={
-                **(self.extra.get("vision_config") or {}),
+                **self._extra_sub("vision_config", num_hidden_layers=v.num_layers,
+                                  num_attention_heads=v.num_heads),
                 "model_type": "rice_vit", "depth": v.num_layers, "embed_dim": v.hidden_size,
                 "hidden_size": v.hidden_size, "hidden_act": "gelu",
                 "intermediate_size": v.intermediate_size, "num_heads": v.num_heads,
@@ -170,7 +177,7 @@ class LlavaOV15Config:
                 "layer_norm_eps": v.layer_norm_eps, "text_hidden_size": v.out_hidden_size,
             },
             text_config={
-                **(self.extra.get("text_config") or {}),
+                **self._extra_sub("text_config"),
                 "model_type": "LLaVAOneVision1_5_text", "vocab_size": t.vocab_size,
                 "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
                 "num_hidden_layers": t.num_layers, "num_attention_heads": t.num_heads,
@@ -181,6 +188,19 @@ class LlavaOV15Config:
             },
         )
         return d
+
+    def _extra_sub(self, name: str, **aliases: Any) -> dict[str, Any]:
+        """The kept keys of one sub-config. Alias keys and rope dicts get the modelled values, so
+        a config changed after loading never carries a stale copy of a field."""
+        out = dict(self.extra.get(name) or {})
+        for k, x in aliases.items():
+            if k in out:
+                out[k] = x
+        if name == "text_config":
+            for k in ("rope_parameters", "rope_scaling"):
+                if isinstance(out.get(k), dict) and "rope_theta" in out[k]:
+                    out[k] = {**out[k], "rope_theta": self.text.rope_theta}
+        return out
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> LlavaOV15Config:
@@ -197,6 +217,17 @@ class LlavaOV15Config:
             return NotImplemented
         return all(getattr(self, f.name) == getattr(other, f.name)
                    for f in fields(self) if f.name != "extra")
+
+
+# Sub-config keys `to_hf_dict` writes from the dataclasses; everything else is carried in `extra`.
+_VISION_WRITTEN = frozenset({
+    "model_type", "depth", "embed_dim", "hidden_size", "hidden_act", "intermediate_size",
+    "num_heads", "in_channels", "patch_size", "spatial_merge_size", "temporal_patch_size",
+    "layer_norm_eps", "text_hidden_size"})
+_TEXT_WRITTEN = frozenset({
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps",
+    "rope_theta", "max_position_embeddings", "tie_word_embeddings", "attention_bias"})
 
 
 def _preset_8b() -> LlavaOV15Config:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .generate import GenerationConfig, GenerationOutput, generate
 from .processor import (
@@ -57,6 +57,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class ImageLoadError(ValueError):
+    """An image file that is missing, truncated or not an image (one-line message)."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file, upright (EXIF orientation applied, as transformers'
+    `load_image` does). Decoding here, not lazily later, turns a truncated file into a clear
+    error instead of a failure in the middle of preprocessing."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageLoadError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(f"{p}: not an image file (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # Pillow reports truncated/corrupt data as OSError (sometimes SyntaxError/ValueError).
+        raise ImageLoadError(f"{p}: cannot decode the image, truncated or damaged ({e})") from None
+
+
 def message_images(messages: Sequence[dict]) -> list[Image.Image]:
     """Images of the `{"type": "image", "image": ...}` parts, in order (PIL, array or path)."""
     out = []
@@ -74,7 +96,7 @@ def message_images(messages: Sequence[dict]) -> list[Image.Image]:
             if im is None:
                 raise ValueError("image part without an 'image' value")
             if isinstance(im, str | Path):
-                im = Image.open(im)
+                im = load_image(im)
             elif not isinstance(im, Image.Image):
                 im = Image.fromarray(im)
             out.append(im)
