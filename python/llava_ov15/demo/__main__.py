@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     losses = [m["loss"] for m in metrics if "loss" in m]
     print(f"   loss {losses[0]:.3f} → {losses[-1]:.3f} over {len(losses)} steps")
 
-    latest = sorted(p for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("iter_"))[-1]
     model_dir = out / "model"
-    step("convert", "-m", "llava_ov15.convert", "mcore-to-hf", "--mcore", str(latest),
+    # The run's checkpoint directory: convert follows its `latest` and takes the tokenizer that
+    # training saved there, so the HF directory comes out complete.
+    step("convert", "-m", "llava_ov15.convert", "mcore-to-hf", "--mcore", str(ckpt),
          "--out", str(model_dir))
-    shutil.copy(tokenizer, model_dir / "tokenizer.json")
 
     from llava_ov15.eval.testing import write_synthetic_benchmarks
 
