@@ -48,7 +48,15 @@ class LengthCounter:
         merge_size: int = 2,
         system: str | None = "You are a helpful assistant.",
         caption_prompt: str = "",
+        caption_format: str = "pretrain",
+        eos_token: str | None = None,
     ) -> None: ...
+    @property
+    def caption_format(self) -> str: ...
+    @property
+    def eos_token(self) -> str:
+        """Ends pretraining-form captions (default: the tokenizer_config.json's, else
+        <|im_end|>)."""
     def sample_length(self, sample: bytes) -> dict[str, object]: ...
     def lengths(self, samples: list[bytes]) -> list[int]: ...
     def image_grid(self, width: int, height: int) -> tuple[int, int, int, int]: ...
@@ -74,6 +82,7 @@ def pack(
     resume: bool = False,
     overwrite: bool = False,
     progress: str = "auto",
+    caption_format: str = "pretrain",
 ) -> str:
     """Pack built shards; returns the summary as JSON."""
 
@@ -127,9 +136,10 @@ class ShardReader:
 
 def preprocess_images(
     images: list[object], *, min_pixels: int = 3136, max_pixels: int = 2560000,
-    patch_size: int = 14, merge_size: int = 2,
+    patch_size: int = 14, merge_size: int = 2, alpha: str = "white",
 ) -> tuple[object, object]:
-    """(pixel_values float32 [sum h*w, 588], image_grid_thw int64 [n, 3]); GIL released."""
+    """(pixel_values float32 [sum h*w, 588], image_grid_thw int64 [n, 3]); GIL released.
+    EXIF orientation applied first; alpha "white" composites onto white, "drop" ignores it."""
 
 class SampleTokenizer:
     """input_ids/labels of per-sample (or pack) json via the LengthCounter template."""
@@ -144,5 +154,7 @@ class SampleTokenizer:
         merge_size: int = 2,
         system: str | None = "You are a helpful assistant.",
         caption_prompt: str = "",
+        caption_format: str = "pretrain",
+        eos_token: str | None = None,
     ) -> None: ...
     def tokenize(self, doc: bytes) -> tuple[object, object, list[int], list[int]]: ...

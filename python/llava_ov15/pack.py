@@ -91,12 +91,17 @@ def pack(
     resume: bool = False,
     overwrite: bool = False,
     progress: Literal["auto", "bar", "log", "quiet"] = "auto",
+    caption_format: Literal["pretrain", "chat"] = "pretrain",
 ) -> dict[str, Any]:
     """Pack the shards of a `build` output directory into sequences of at most ``max_len``
     tokens (and ``max_image_tokens`` image tokens per pack, if given).
 
-    Writes packed shards (one tar sample per pack), ``.tar.idx``, ``.nv-meta/``,
-    ``manifest.json``, ``pack_stats.json`` and ``rejects.jsonl``; returns the summary.
+    Lengths are those of the training strings (docs/format.md §3.1): caption samples in the
+    reference's pretraining form (``caption_format="chat"``: as a chat turn). Writes packed
+    shards (one tar sample per pack), ``.tar.idx``, ``.nv-meta/``, ``manifest.json`` (its
+    ``options`` record everything training needs; read them with
+    ``llava_ov15.data.pack_manifest.PackInfo``), a copy of the tokenizer as
+    ``tokenizer.json``, ``pack_stats.json`` and ``rejects.jsonl``; returns the summary.
     """
     _non_negative(max_len=max_len, packs_per_shard=packs_per_shard, shard_size=shard_size,
                   workers=workers)
@@ -106,7 +111,7 @@ def pack(
         os.fspath(input), os.fspath(output), os.fspath(tokenizer), max_len=max_len,
         max_image_tokens=max_image_tokens, min_pixels=min_pixels, max_pixels=max_pixels,
         prefix=prefix, packs_per_shard=packs_per_shard, shard_size=shard_size, workers=workers,
-        resume=resume, overwrite=overwrite, progress=progress,
+        resume=resume, overwrite=overwrite, progress=progress, caption_format=caption_format,
     )
     return json.loads(summary)
 

@@ -2,7 +2,7 @@
 //! the one implementation shared by the packer and the training loader.
 use std::path::PathBuf;
 
-use bucketer::{LengthCounter as Counter, TemplateOptions, VisionConfig};
+use bucketer::{CaptionFormat, LengthCounter as Counter, TemplateOptions, VisionConfig};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -16,6 +16,22 @@ fn value_err(e: impl ToString) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
+/// The training-string options (`system`, `caption_prompt`, `caption_format`, `eos_token`)
+/// as given from Python.
+pub(crate) fn template_options(
+    system: Option<String>,
+    caption_prompt: String,
+    caption_format: &str,
+    eos_token: Option<String>,
+) -> PyResult<TemplateOptions> {
+    Ok(TemplateOptions {
+        system,
+        caption_prompt,
+        caption_format: caption_format.parse::<CaptionFormat>().map_err(value_err)?,
+        eos_token,
+    })
+}
+
 /// A validated `bucketer::LengthCounter` (shared by `LengthCounter` and `SampleTokenizer`).
 pub(crate) fn new_counter(
     tokenizer: PathBuf,
@@ -23,8 +39,7 @@ pub(crate) fn new_counter(
     max_pixels: u64,
     patch_size: u32,
     merge_size: u32,
-    system: Option<String>,
-    caption_prompt: String,
+    template: TemplateOptions,
 ) -> PyResult<Counter> {
     if patch_size == 0 || merge_size == 0 || min_pixels > max_pixels {
         return Err(value_err(
@@ -37,10 +52,6 @@ pub(crate) fn new_counter(
         min_pixels,
         max_pixels,
     };
-    let template = TemplateOptions {
-        system,
-        caption_prompt,
-    };
     Counter::from_file(&tokenizer, vision, template).map_err(value_err)
 }
 
@@ -49,7 +60,8 @@ impl LengthCounter {
     #[new]
     #[pyo3(signature = (tokenizer, *, min_pixels=3136, max_pixels=2_560_000, patch_size=14,
         merge_size=2, system=Some("You are a helpful assistant.".to_string()),
-        caption_prompt=String::new()))]
+        caption_prompt=String::new(), caption_format="pretrain", eos_token=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         tokenizer: PathBuf,
         min_pixels: u64,
@@ -58,17 +70,27 @@ impl LengthCounter {
         merge_size: u32,
         system: Option<String>,
         caption_prompt: String,
+        caption_format: &str,
+        eos_token: Option<String>,
     ) -> PyResult<Self> {
+        let template = template_options(system, caption_prompt, caption_format, eos_token)?;
         let inner = new_counter(
-            tokenizer,
-            min_pixels,
-            max_pixels,
-            patch_size,
-            merge_size,
-            system,
-            caption_prompt,
+            tokenizer, min_pixels, max_pixels, patch_size, merge_size, template,
         )?;
         Ok(LengthCounter { inner })
+    }
+
+    /// The caption format (`"pretrain"` or `"chat"`).
+    #[getter]
+    fn caption_format(&self) -> &'static str {
+        self.inner.template.caption_format.as_str()
+    }
+
+    /// The eos token ending pretraining-form captions (resolved from the tokenizer's
+    /// `tokenizer_config.json` when not given).
+    #[getter]
+    fn eos_token(&self) -> String {
+        self.inner.eos_token().to_string()
     }
 
     /// Length of one per-sample JSON document (str/bytes as stored in the shard).

@@ -289,7 +289,8 @@ impl SampleTokenizer {
     #[new]
     #[pyo3(signature = (tokenizer, *, min_pixels=3136, max_pixels=2_560_000, patch_size=14,
         merge_size=2, system=Some("You are a helpful assistant.".to_string()),
-        caption_prompt=String::new()))]
+        caption_prompt=String::new(), caption_format="pretrain", eos_token=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         tokenizer: PathBuf,
         min_pixels: u64,
@@ -298,15 +299,13 @@ impl SampleTokenizer {
         merge_size: u32,
         system: Option<String>,
         caption_prompt: String,
+        caption_format: &str,
+        eos_token: Option<String>,
     ) -> PyResult<Self> {
+        let template =
+            crate::lengths::template_options(system, caption_prompt, caption_format, eos_token)?;
         let inner = crate::lengths::new_counter(
-            tokenizer,
-            min_pixels,
-            max_pixels,
-            patch_size,
-            merge_size,
-            system,
-            caption_prompt,
+            tokenizer, min_pixels, max_pixels, patch_size, merge_size, template,
         )?;
         Ok(SampleTokenizer { inner })
     }

@@ -14,7 +14,8 @@ use pyo3::types::{PyBytes, PyDict};
 #[pyfunction]
 #[pyo3(signature = (input, output, tokenizer, *, max_len=8192, max_image_tokens=None,
     min_pixels=3136, max_pixels=2_560_000, prefix="pack".to_string(), packs_per_shard=1000,
-    shard_size=1u64 << 30, workers=0, resume=false, overwrite=false, progress="auto"))]
+    shard_size=1u64 << 30, workers=0, resume=false, overwrite=false, progress="auto",
+    caption_format="pretrain"))]
 #[allow(clippy::too_many_arguments)]
 fn pack(
     py: Python<'_>,
@@ -32,8 +33,12 @@ fn pack(
     resume: bool,
     overwrite: bool,
     progress: &str,
+    caption_format: &str,
 ) -> PyResult<String> {
     let mut o = PackOptions::new(input, output, tokenizer);
+    o.caption_format = caption_format
+        .parse()
+        .map_err(|e: String| PyValueError::new_err(e))?;
     o.max_len = max_len;
     o.max_image_tokens = max_image_tokens;
     o.min_pixels = min_pixels;

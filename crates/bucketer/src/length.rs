@@ -62,7 +62,9 @@ pub enum LengthError {
     #[error("cannot load tokenizer {path}: {message}")]
     Tokenizer { path: String, message: String },
     #[error("tokenizer lacks special token {0}")]
-    MissingSpecial(&'static str),
+    MissingSpecial(String),
+    #[error("cannot read {path}: {message}")]
+    TokenizerConfig { path: String, message: String },
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("image {index}: {source}")]
@@ -100,7 +102,38 @@ pub struct SpecialIds {
     pub vision_start: u32,
     pub vision_end: u32,
     pub image_pad: u32,
+    /// The eos token ending pretraining-form captions ([`TemplateOptions::eos_token`]).
+    pub eos: u32,
 }
+
+/// The eos token a Hugging Face tokenizer directory declares: `eos_token` of the
+/// `tokenizer_config.json` next to `tokenizer.json` (a string or an `{"content": …}` object),
+/// else `<|im_end|>` — Qwen2-VL / Qwen2.5-VL / LLaVA-OneVision-1.5's eos (REFERENCE §1).
+pub fn tokenizer_eos(tokenizer: &Path) -> Result<String, LengthError> {
+    let cfg = tokenizer.with_file_name("tokenizer_config.json");
+    let err = |message: String| LengthError::TokenizerConfig {
+        path: cfg.display().to_string(),
+        message,
+    };
+    let bytes = match std::fs::read(&cfg) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DEFAULT_EOS.into()),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+    let eos = v.get("eos_token");
+    let named = eos
+        .and_then(Value::as_str)
+        .or_else(|| eos.and_then(|e| e.get("content")).and_then(Value::as_str));
+    match (eos, named) {
+        (None | Some(Value::Null), _) => Ok(DEFAULT_EOS.into()),
+        (_, Some(t)) => Ok(t.to_string()),
+        (Some(other), None) => Err(err(format!("eos_token {other} is not a token"))),
+    }
+}
+
+/// Qwen's eos when the tokenizer directory does not name one.
+pub const DEFAULT_EOS: &str = "<|im_end|>";
 
 pub struct LengthCounter {
     tokenizer: Tokenizer,
@@ -122,16 +155,20 @@ impl LengthCounter {
     pub fn from_file(
         path: &Path,
         vision: VisionConfig,
-        template: TemplateOptions,
+        mut template: TemplateOptions,
     ) -> Result<Self, LengthError> {
+        let eos = match template.eos_token.take() {
+            Some(t) => t,
+            None => tokenizer_eos(path)?,
+        };
         let tokenizer = Tokenizer::from_file(path).map_err(|e| LengthError::Tokenizer {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let id = |t: &'static str| {
+        let id = |t: &str| {
             tokenizer
                 .token_to_id(t)
-                .ok_or(LengthError::MissingSpecial(t))
+                .ok_or_else(|| LengthError::MissingSpecial(t.to_string()))
         };
         let ids = SpecialIds {
             im_start: id("<|im_start|>")?,
@@ -139,7 +176,9 @@ impl LengthCounter {
             vision_start: id("<|vision_start|>")?,
             vision_end: id("<|vision_end|>")?,
             image_pad: id("<|image_pad|>")?,
+            eos: id(&eos)?,
         };
+        template.eos_token = Some(eos);
         let pre = serde_json::to_string(&tokenizer.get_pre_tokenizer()).unwrap_or_default();
         let constant = QWEN_PRETOKENIZER_MARK
             .iter()
@@ -184,11 +223,16 @@ impl LengthCounter {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The resolved eos token (ends pretraining-form captions).
+    pub fn eos_token(&self) -> &str {
+        self.template.eos_token.as_deref().unwrap_or(DEFAULT_EOS)
+    }
+
     /// Render a per-sample JSON document (as written by `llava-pack build`).
     pub fn render(&self, sample: &Value) -> Result<(Rendered, Vec<ImageGrid>), LengthError> {
         let grids = image_grids(sample, &self.vision)?;
-        let turns = template::turns(sample, grids.len(), &self.template)?;
-        Ok((template::render(&turns, &self.template), grids))
+        let rendered = template::render_sample(sample, grids.len(), &self.template)?;
+        Ok((rendered, grids))
     }
 
     /// Tokens of one text segment. Fast path (Qwen2-style tokenizers only): the template's
@@ -240,7 +284,19 @@ impl LengthCounter {
     }
 }
 
-/// The resize grid of every image listed in the sample's `images` metadata.
+/// `(width, height)` of an image as seen upright: EXIF orientations 5–8 are transposes
+/// (rotations by 90°/270°, with or without a flip), so the sides swap — as transformers sees an
+/// `ImageOps.exif_transpose`d image, and as the loader's preprocessing decodes it.
+pub fn upright_size(width: u64, height: u64, orientation: u64) -> (u64, u64) {
+    if (5..=8).contains(&orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    }
+}
+
+/// The resize grid of every image listed in the sample's `images` metadata (sizes as stored,
+/// turned upright by the recorded EXIF `orientation`).
 pub fn image_grids(sample: &Value, vision: &VisionConfig) -> Result<Vec<ImageGrid>, LengthError> {
     let empty = Vec::new();
     let images = sample
@@ -259,6 +315,8 @@ pub fn image_grids(sample: &Value, vision: &VisionConfig) -> Result<Vec<ImageGri
                 .get("height")
                 .and_then(Value::as_u64)
                 .ok_or(LengthError::NoSize(i))?;
+            let orientation = im.get("orientation").and_then(Value::as_u64).unwrap_or(1);
+            let (w, h) = upright_size(w, h, orientation);
             vision
                 .image_grid(w as u32, h as u32)
                 .map_err(|source| LengthError::Image { index: i, source })

@@ -2,8 +2,9 @@
 //!
 //! - [`resize`]: the exact Qwen2-VL `smart_resize` (REFERENCE §2), the source of image token
 //!   counts.
-//! - [`template`]: the Qwen2-VL chat template as structured turns and token segments, shared by
-//!   length computation and the training loader.
+//! - [`template`]: the training strings (the reference's pretraining form for captions, the
+//!   Qwen2-VL chat template for conversations) as token segments, shared by length
+//!   computation and the training loader.
 //! - [`length`]: per-sample sequence lengths from a `tokenizer.json` and image sizes, without
 //!   decoding images.
 //! - [`pack`]: deterministic best-fit-decreasing sequence packing with an optional image-token
@@ -16,8 +17,10 @@ pub mod resize;
 pub mod template;
 pub mod tokenize;
 
-pub use length::{ImageGrid, LengthCounter, LengthError, SampleLength, VisionConfig};
+pub use length::{
+    tokenizer_eos, upright_size, ImageGrid, LengthCounter, LengthError, SampleLength, VisionConfig,
+};
 pub use pack::{pack, PackConfig, Packing, RejectReason};
 pub use resize::{smart_resize, ResizeError};
-pub use template::TemplateOptions;
+pub use template::{CaptionFormat, TemplateOptions};
 pub use tokenize::{Tokenized, IGNORE};

@@ -1,13 +1,18 @@
-//! The Qwen2-VL / Qwen2.5-VL chat template, as structured turns and as token segments.
+//! The training strings of samples, as structured turns and as token segments: the reference's
+//! (LLaVA-OneVision-1.5's Qwen2-VL task encoder) by default.
 //!
 //! One implementation serves the packer's length computation and the loader's tokenisation.
-//! Rendering follows the Hugging Face template exactly:
+//! Chat-form samples follow the Hugging Face Qwen2-VL template exactly, minus the final `\n`
+//! (the reference drops it and trains on the `<|im_end|>` before it):
 //!
 //! ```text
 //! <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n     (unless a system turn leads)
-//! <|im_start|>{role}\n{content}<|im_end|>\n                         (every turn)
+//! <|im_start|>{role}\n{content}<|im_end|>\n                         (every turn; no final \n)
 //! ```
 //! where an image in the content is `<|vision_start|>` + N × `<|image_pad|>` + `<|vision_end|>`.
+//! Caption samples in the default [`CaptionFormat::Pretrain`] form are the reference's
+//! pretraining string instead: every image's vision tags and pads, then the caption, then the
+//! tokenizer's eos token — no system prompt, no roles.
 //!
 //! Sample shapes (the per-sample JSON written by `llava-pack build`):
 //! - `caption`: user = the sample's images (+ the optional caption prompt), assistant = caption;
@@ -70,7 +75,8 @@ pub enum Segment {
         text: String,
         trained_from: Option<usize>,
     },
-    /// A special token; `trained` for the `<|im_end|>` closing an assistant answer.
+    /// A special token; `trained` for the `<|im_end|>` closing an assistant answer and the
+    /// eos ending a pretraining caption.
     Special { token: Special, trained: bool },
     /// `<|image_pad|>` × n for the i-th image (n = its LLM token count).
     ImagePads { image: usize },
@@ -82,6 +88,8 @@ pub enum Special {
     ImEnd,
     VisionStart,
     VisionEnd,
+    /// The tokenizer's eos token ([`TemplateOptions::eos_token`]).
+    Eos,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,12 +97,49 @@ pub struct Rendered {
     pub segments: Vec<Segment>,
 }
 
+/// How caption samples are rendered (conversations and messages are always chat-form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaptionFormat {
+    /// The reference's pretraining string: images' vision tags + caption + eos.
+    #[default]
+    Pretrain,
+    /// A one-turn chat: user = the images (+ caption prompt), assistant = the caption.
+    Chat,
+}
+
+impl CaptionFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptionFormat::Pretrain => "pretrain",
+            CaptionFormat::Chat => "chat",
+        }
+    }
+}
+
+impl std::str::FromStr for CaptionFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pretrain" => Ok(CaptionFormat::Pretrain),
+            "chat" => Ok(CaptionFormat::Chat),
+            other => Err(format!(
+                "caption format {other:?} is not one of: pretrain, chat"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateOptions {
-    /// System prompt inserted when the sample has no leading system turn (`None`: none).
+    /// System prompt inserted when a chat-form sample has no leading system turn (`None`:
+    /// none).
     pub system: Option<String>,
-    /// Text after the images in the user turn of caption samples (empty by default).
+    /// Text after the images of caption samples (empty by default; never trained).
     pub caption_prompt: String,
+    pub caption_format: CaptionFormat,
+    /// The token ending pretraining-form captions; `None` until the tokenizer resolves it
+    /// (`LengthCounter::from_file` reads `tokenizer_config.json`, else `<|im_end|>`).
+    pub eos_token: Option<String>,
 }
 
 impl Default for TemplateOptions {
@@ -102,6 +147,8 @@ impl Default for TemplateOptions {
         TemplateOptions {
             system: Some(DEFAULT_SYSTEM.into()),
             caption_prompt: String::new(),
+            caption_format: CaptionFormat::default(),
+            eos_token: None,
         }
     }
 }
@@ -264,7 +311,7 @@ pub fn render(turns: &[Turn], opts: &TemplateOptions) -> Rendered {
         segs.push(special(Special::ImEnd, false));
         push_text(&mut segs, "\n", false);
     }
-    for t in turns {
+    for (k, t) in turns.iter().enumerate() {
         let train = t.role == Role::Assistant;
         segs.push(special(Special::ImStart, false));
         push_text(&mut segs, &format!("{}\n", t.role.as_str()), false);
@@ -279,9 +326,67 @@ pub fn render(turns: &[Turn], opts: &TemplateOptions) -> Rendered {
             }
         }
         segs.push(special(Special::ImEnd, train));
-        push_text(&mut segs, "\n", false);
+        // The reference drops the template's final "\n": the sample ends on `<|im_end|>`.
+        if k + 1 < turns.len() {
+            push_text(&mut segs, "\n", false);
+        }
     }
     Rendered { segments: segs }
+}
+
+/// The caption of a caption-shaped sample (no `conversations` / `messages`, as [`turns`]
+/// decides).
+fn caption_of(sample: &Value) -> Option<&str> {
+    let chat = sample
+        .get("conversations")
+        .and_then(Value::as_array)
+        .is_some()
+        || sample.get("messages").and_then(Value::as_array).is_some();
+    (!chat).then(|| sample.get("caption").and_then(Value::as_str))?
+}
+
+/// The reference's pretraining string: every image's vision tags and pads, the caption prompt
+/// (if any, untrained), the caption and the eos token (both trained).
+fn render_pretrain(caption: &str, n_images: usize, opts: &TemplateOptions) -> Rendered {
+    let mut segs = Vec::with_capacity(3 * n_images + 2);
+    for i in 0..n_images {
+        segs.push(Segment::Special {
+            token: Special::VisionStart,
+            trained: false,
+        });
+        segs.push(Segment::ImagePads { image: i });
+        segs.push(Segment::Special {
+            token: Special::VisionEnd,
+            trained: false,
+        });
+    }
+    let text = format!("{}{caption}", opts.caption_prompt);
+    if !text.is_empty() {
+        segs.push(Segment::Text {
+            trained_from: Some(opts.caption_prompt.len()),
+            text,
+        });
+    }
+    segs.push(Segment::Special {
+        token: Special::Eos,
+        trained: true,
+    });
+    Rendered { segments: segs }
+}
+
+/// Segments of a per-sample JSON document with `n_images` images, in the training string
+/// `opts` selects.
+pub fn render_sample(
+    sample: &Value,
+    n_images: usize,
+    opts: &TemplateOptions,
+) -> Result<Rendered, TemplateError> {
+    if opts.caption_format == CaptionFormat::Pretrain {
+        if let Some(caption) = caption_of(sample) {
+            return Ok(render_pretrain(caption, n_images, opts));
+        }
+    }
+    Ok(render(&turns(sample, n_images, opts)?, opts))
 }
 
 #[cfg(test)]
@@ -310,42 +415,90 @@ mod tests {
                     token: Special::VisionEnd,
                     ..
                 } => "<|vision_end|>".into(),
+                Segment::Special {
+                    token: Special::Eos,
+                    ..
+                } => "<eos>".into(),
                 Segment::ImagePads { image } => format!("<pads{image}>"),
             })
             .collect()
     }
 
+    fn chat() -> TemplateOptions {
+        TemplateOptions {
+            caption_format: CaptionFormat::Chat,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn caption_renders_like_the_hf_template() {
-        let o = TemplateOptions::default();
-        let r = render(&turns(&json!({"caption": "A cat."}), 1, &o).unwrap(), &o);
+    fn chat_captions_render_like_the_hf_template_without_the_final_newline() {
+        let o = chat();
+        let r = render_sample(&json!({"caption": "A cat."}), 1, &o).unwrap();
         assert_eq!(
             text(&r),
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n\
-             <|vision_start|><pads0><|vision_end|><|im_end|>\n<|im_start|>assistant\nA cat.<|im_end|>\n"
+             <|vision_start|><pads0><|vision_end|><|im_end|>\n<|im_start|>assistant\nA cat.<|im_end|>"
         );
         let n = r.segments.len();
         assert_eq!(
-            r.segments[n - 3],
+            r.segments[n - 2],
             Segment::Text {
                 text: "assistant\nA cat.".into(),
                 trained_from: Some("assistant\n".len())
             }
         );
         assert_eq!(
-            r.segments[n - 2],
+            r.segments[n - 1],
             Segment::Special {
                 token: Special::ImEnd,
                 trained: true
             }
         );
+    }
+
+    #[test]
+    fn pretrain_captions_are_vision_tags_caption_and_eos() {
+        let o = TemplateOptions::default();
+        assert_eq!(o.caption_format, CaptionFormat::Pretrain);
+        let r = render_sample(&json!({"caption": "A cat."}), 2, &o).unwrap();
         assert_eq!(
-            r.segments[n - 1],
+            text(&r),
+            "<|vision_start|><pads0><|vision_end|><|vision_start|><pads1><|vision_end|>A cat.<eos>"
+        );
+        let n = r.segments.len();
+        assert_eq!(
+            r.segments[n - 2],
             Segment::Text {
-                text: "\n".into(),
-                trained_from: None
+                text: "A cat.".into(),
+                trained_from: Some(0)
             }
         );
+        assert_eq!(
+            r.segments[n - 1],
+            Segment::Special {
+                token: Special::Eos,
+                trained: true
+            }
+        );
+        // A caption prompt sits between the images and the caption and is not trained.
+        let o = TemplateOptions {
+            caption_prompt: "Describe. ".into(),
+            ..Default::default()
+        };
+        let r = render_sample(&json!({"caption": "A cat."}), 0, &o).unwrap();
+        assert_eq!(
+            r.segments[0],
+            Segment::Text {
+                text: "Describe. A cat.".into(),
+                trained_from: Some("Describe. ".len())
+            }
+        );
+        // Conversations stay chat-form under the pretrain caption format.
+        let s = json!({"caption": "x", "conversations": [{"from": "human", "value": "Hi"}]});
+        assert!(text(&render_sample(&s, 0, &o).unwrap()).starts_with("<|im_start|>system"));
+        assert_eq!("chat".parse::<CaptionFormat>(), Ok(CaptionFormat::Chat));
+        assert!("plain".parse::<CaptionFormat>().is_err());
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! packer's can never disagree.
 //!
 //! Labels are `-100` everywhere except assistant answer tokens and each answer's closing
-//! `<|im_end|>`. A text token is trained iff its first byte lies at or after the segment's
-//! `trained_from` offset (the answer start); labels are unshifted (the model shifts).
+//! `<|im_end|>` (chat form), or the caption tokens and the eos (pretraining-form captions) —
+//! the reference's targets. A text token is trained iff its first byte lies at or after the
+//! segment's `trained_from` offset (the answer start); labels are unshifted (the model
+//! shifts).
 
 use serde_json::Value;
 
@@ -46,6 +48,7 @@ impl LengthCounter {
                         Special::ImEnd => self.ids.im_end,
                         Special::VisionStart => self.ids.vision_start,
                         Special::VisionEnd => self.ids.vision_end,
+                        Special::Eos => self.ids.eos,
                     };
                     ids.push(id);
                     labels.push(if *trained { id as i64 } else { IGNORE });
@@ -73,6 +76,10 @@ mod tests {
 
     /// A tiny word-level tokenizer with the template's special tokens (ids 100..).
     fn counter() -> LengthCounter {
+        counter_with(TemplateOptions::default())
+    }
+
+    fn counter_with(template: TemplateOptions) -> LengthCounter {
         let words = [
             "system",
             "user",
@@ -100,6 +107,7 @@ mod tests {
             "<|vision_start|>",
             "<|vision_end|>",
             "<|image_pad|>",
+            "<|vision_pad|>",
         ];
         let added: Vec<Value> = specials
             .iter()
@@ -120,19 +128,62 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("bucketer-tokenize-{}.json", std::process::id()));
         std::fs::write(&path, serde_json::to_vec(&tok).unwrap()).unwrap();
-        let c =
-            LengthCounter::from_file(&path, VisionConfig::default(), TemplateOptions::default())
-                .unwrap();
+        let c = LengthCounter::from_file(&path, VisionConfig::default(), template).unwrap();
         std::fs::remove_file(&path).ok();
         c
     }
 
+    fn trained(t: &Tokenized) -> Vec<u32> {
+        t.labels
+            .iter()
+            .filter(|&&l| l != IGNORE)
+            .map(|&l| l as u32)
+            .collect()
+    }
+
+    #[test]
+    fn pretrain_captions_train_the_caption_and_eos() {
+        let c = counter();
+        assert_eq!(c.eos_token(), "<|im_end|>");
+        let s = json!({"kind": "caption", "caption": "A cat.", "images": [{"width": 56, "height": 56}]});
+        let t = c.tokenize(&s).unwrap();
+        // <|vision_start|> 4 × <|image_pad|> <|vision_end|> "A" "cat." eos
+        assert_eq!(t.input_ids, vec![102, 104, 104, 104, 104, 103, 8, 9, 101]);
+        assert_eq!(t.input_ids.len() as u32, c.sample_length(&s).unwrap().total);
+        assert_eq!(trained(&t), vec![8, 9, 101]);
+        // An explicit eos token replaces the default.
+        let c = counter_with(TemplateOptions {
+            eos_token: Some("<|vision_pad|>".into()),
+            ..Default::default()
+        });
+        assert_eq!(*c.tokenize(&s).unwrap().input_ids.last().unwrap(), 105);
+    }
+
+    #[test]
+    fn exif_orientations_5_to_8_swap_the_image_grid() {
+        let c = counter();
+        for o in 1..=8u64 {
+            let s =
+                json!({"caption": "A", "images": [{"width": 112, "height": 56, "orientation": o}]});
+            let g = crate::length::image_grids(&s, &c.vision).unwrap();
+            let upright = if o >= 5 { (112, 56) } else { (56, 112) };
+            assert_eq!((g[0].height, g[0].width), upright, "orientation {o}");
+            // smart_resize is symmetric, so the token count does not depend on it.
+            assert_eq!(c.sample_length(&s).unwrap().image_tokens, vec![8]);
+        }
+    }
+
     #[test]
     fn labels_cover_answers_and_closing_im_end_only() {
-        let c = counter();
+        let c = counter_with(TemplateOptions {
+            caption_format: crate::CaptionFormat::Chat,
+            ..Default::default()
+        });
         let s = json!({"kind": "caption", "caption": "A cat.", "images": [{"width": 56, "height": 56}]});
         let t = c.tokenize(&s).unwrap();
         assert_eq!(t.input_ids.len() as u32, c.sample_length(&s).unwrap().total);
+        // The chat form ends on the answer's <|im_end|> (no final "\n").
+        assert_eq!(*t.input_ids.last().unwrap(), 101);
         assert_eq!(t.image_tokens, vec![4]);
         let trained: Vec<u32> = t
             .labels

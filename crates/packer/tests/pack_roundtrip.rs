@@ -182,3 +182,89 @@ fn packs_every_sample_once_and_is_deterministic() {
     run(&src, &out3, &tok, 3);
     assert_eq!(files(&out1), files(&out3));
 }
+
+fn manifest_options(out: &Path) -> Value {
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    m["options"].clone()
+}
+
+#[test]
+fn manifest_records_the_training_strings_and_a_tokenizer_copy() {
+    use sha2::{Digest, Sha256};
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tmp.path().join("tokenizer.json");
+    write_tokenizer(&tok);
+    let src = tmp.path().join("src");
+    let sources = write_sources(&src);
+    let out = tmp.path().join("pre");
+    run(&src, &out, &tok, 1);
+    let o = manifest_options(&out);
+    let tok_bytes = std::fs::read(&tok).unwrap();
+    assert_eq!(o["caption_format"], "pretrain");
+    assert_eq!(o["eos_token"], "<|im_end|>");
+    assert_eq!(o["system"], "You are a helpful assistant.");
+    assert_eq!(o["caption_prompt"], "");
+    assert_eq!(o["tokenizer_file"], "tokenizer.json");
+    assert_eq!(
+        o["tokenizer_sha256"],
+        hex::encode(Sha256::digest(&tok_bytes)).as_str()
+    );
+    assert_eq!(
+        std::fs::read(out.join("tokenizer.json")).unwrap(),
+        tok_bytes
+    );
+    // A text-only pretraining caption is its words plus the eos token.
+    let words = |k: &str| {
+        let doc: Value = serde_json::from_slice(&sources[k].1).unwrap();
+        doc["caption"].as_str().unwrap().split_whitespace().count() as u64
+    };
+    let lengths = |dir: &Path| -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "tar") {
+                for (_, members) in read_samples(&p).unwrap() {
+                    let doc: Value = serde_json::from_slice(&members.last().unwrap().1).unwrap();
+                    for sub in doc["samples"].as_array().unwrap() {
+                        let k = sub["source_key"].as_str().unwrap().to_string();
+                        m.insert(k, sub["length"].as_u64().unwrap());
+                    }
+                }
+            }
+        }
+        m
+    };
+    let pre = lengths(&out);
+    assert_eq!(pre["k000"], words("k000") + 1);
+
+    // The chat form costs the template's system turn and roles on every caption.
+    let chat = tmp.path().join("chat");
+    let mut opts = PackOptions::new(&src, &chat, &tok);
+    opts.max_len = 160;
+    opts.progress = Progress::Quiet;
+    opts.caption_format = bucketer::CaptionFormat::Chat;
+    packer::pack(&opts, &AtomicBool::new(false)).unwrap();
+    assert_eq!(manifest_options(&chat)["caption_format"], "chat");
+    let chat_lengths = lengths(&chat);
+    for (k, n) in &chat_lengths {
+        if let Some(p) = pre.get(k) {
+            assert!(n > p, "{k}: chat {n} <= pretrain {p}");
+        }
+    }
+    // Resuming with another caption format is refused; packing again with the pack's own
+    // tokenizer copy over the same directory keeps that copy.
+    opts.resume = true;
+    opts.output = out.clone();
+    assert!(packer::pack(&opts, &AtomicBool::new(false)).is_err());
+    let mut again = PackOptions::new(&src, &out, out.join("tokenizer.json"));
+    again.max_len = 160;
+    again.progress = Progress::Quiet;
+    again.overwrite = true;
+    packer::pack(&again, &AtomicBool::new(false)).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("tokenizer.json")).unwrap(),
+        tok_bytes
+    );
+    assert_eq!(lengths(&out), pre);
+}

@@ -192,6 +192,10 @@ def _pack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-len", type=parse_count, default=8192, help="pack capacity in tokens")
     p.add_argument("--max-image-tokens", type=parse_count,
                    help="cap on image tokens per pack (balances vision-tower work)")
+    p.add_argument("--caption-format", choices=["pretrain", "chat"], default="pretrain",
+                   help="training string of caption samples: pretrain = the reference's "
+                   "<|vision_start|><|image_pad|>…<|vision_end|> + caption + eos (default); "
+                   "chat = the caption as an assistant turn of the chat template")
     p.add_argument("--prefix", default="pack", help="output shard prefix (default: pack)")
     p.add_argument("--packs-per-shard", type=parse_count, default=1000,
                    help="max packs per output shard (default 1000)")
@@ -211,7 +215,7 @@ def _run_pack(args: argparse.Namespace) -> int:
         max_image_tokens=args.max_image_tokens, min_pixels=args.min_pixels,
         max_pixels=args.max_pixels, prefix=args.prefix, packs_per_shard=args.packs_per_shard,
         shard_size=args.shard_size, workers=args.workers, resume=args.resume,
-        overwrite=args.overwrite, progress=args.progress,
+        overwrite=args.overwrite, progress=args.progress, caption_format=args.caption_format,
     )
     st = s["stats"]
     print(f"output:   {s['output']}")

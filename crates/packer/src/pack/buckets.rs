@@ -61,7 +61,12 @@ fn percentile(sorted: &[u32], q: f64) -> u32 {
 /// Compute the distribution and write `output/buckets.json`; returns its content.
 pub fn buckets(opts: &BucketsOptions, cancel: &AtomicBool) -> Result<Value> {
     let sources = source_shards(&opts.input)?;
-    let counter = length_counter(&opts.tokenizer, opts.min_pixels, opts.max_pixels)?;
+    let counter = length_counter(
+        &opts.tokenizer,
+        opts.min_pixels,
+        opts.max_pixels,
+        bucketer::CaptionFormat::default(),
+    )?;
     let workers = match opts.workers {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())

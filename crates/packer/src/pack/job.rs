@@ -80,12 +80,21 @@ fn fingerprint(opts: &PackOptions, shards: &[PathBuf]) -> Result<Value> {
         })
         .collect();
     let tok = sha256_file(&opts.tokenizer).map_err(|e| PackError::input(&opts.tokenizer, e))?;
+    let eos = bucketer::tokenizer_eos(&opts.tokenizer)
+        .map_err(|e| PackError::input(&opts.tokenizer, e))?;
+    // The training strings the lengths were counted for: training must render the same.
+    let template = bucketer::TemplateOptions::default();
     Ok(json!({
         "format_version": crate::FORMAT_VERSION,
         "kind": "pack",
         "input": opts.input.display().to_string(),
         "input_shards": files,
         "tokenizer_sha256": tok,
+        "tokenizer_file": TOKENIZER_FILE,
+        "caption_format": opts.caption_format.as_str(),
+        "system": template.system,
+        "caption_prompt": template.caption_prompt,
+        "eos_token": eos,
         "max_len": opts.max_len,
         "max_image_tokens": opts.max_image_tokens,
         "min_pixels": opts.min_pixels,
@@ -96,7 +105,41 @@ fn fingerprint(opts: &PackOptions, shards: &[PathBuf]) -> Result<Value> {
     }))
 }
 
-const ARTIFACTS: [&str; 3] = ["manifest.json", "pack_stats.json", "rejects.jsonl"];
+const ARTIFACTS: [&str; 4] = [
+    "manifest.json",
+    "pack_stats.json",
+    "rejects.jsonl",
+    TOKENIZER_FILE,
+];
+
+/// The pack's copy of the tokenizer.json it was measured with (manifest `tokenizer_file`).
+const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Whether `a` and `b` name the same existing file (a user may pack with the tokenizer copy
+/// of an earlier pack in the same output directory).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Copy the tokenizer into the output (atomically; redone by a resumed finalize), checking
+/// that it is still the file the job's fingerprint hashed.
+fn copy_tokenizer(opts: &PackOptions, fp: &Value) -> Result<()> {
+    let dst = opts.output.join(TOKENIZER_FILE);
+    if same_file(&opts.tokenizer, &dst) {
+        return Ok(());
+    }
+    let bytes = std::fs::read(&opts.tokenizer).map_err(|e| PackError::input(&opts.tokenizer, e))?;
+    if fp["tokenizer_sha256"].as_str() != Some(hex::encode(Sha256::digest(&bytes)).as_str()) {
+        return Err(PackError::input(
+            &opts.tokenizer,
+            "changed while packing; rerun with --overwrite",
+        ));
+    }
+    write_atomic(&dst, &bytes).map_err(|e| PackError::output(&dst, e))
+}
 
 /// Validate / create the output directory; the checkpoint to continue from.
 fn prepare(opts: &PackOptions, st: &State, fp: &Value) -> Result<Checkpoint> {
@@ -130,7 +173,9 @@ fn prepare(opts: &PackOptions, st: &State, fp: &Value) -> Result<Checkpoint> {
         for e in std::fs::read_dir(out).map_err(|e| PackError::output(out, e))? {
             let e = e.map_err(|e| PackError::output(out, e))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if shard_number(&name, &opts.prefix).is_some() || ARTIFACTS.contains(&name.as_str()) {
+            let ours =
+                shard_number(&name, &opts.prefix).is_some() || ARTIFACTS.contains(&name.as_str());
+            if ours && !same_file(&e.path(), &opts.tokenizer) {
                 std::fs::remove_file(e.path()).map_err(|err| PackError::output(e.path(), err))?;
             }
         }
@@ -170,7 +215,12 @@ pub fn pack(opts: &PackOptions, cancel: &AtomicBool) -> Result<PackSummary> {
         );
         return summary_from_disk(opts, started);
     }
-    let counter = length_counter(&opts.tokenizer, opts.min_pixels, opts.max_pixels)?;
+    let counter = length_counter(
+        &opts.tokenizer,
+        opts.min_pixels,
+        opts.max_pixels,
+        opts.caption_format,
+    )?;
     let workers = opts.worker_count();
     let total_bytes: u64 = sources
         .iter()
@@ -447,6 +497,7 @@ fn finalize(
     let p = out.join("pack_stats.json");
     write_atomic(&p, &serde_json::to_vec_pretty(&stats).unwrap()).map_err(|e| oerr(&p, e))?;
 
+    copy_tokenizer(opts, fp)?;
     let manifest = json!({
         "format_version": crate::FORMAT_VERSION,
         "kind": "packed",

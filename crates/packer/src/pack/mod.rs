@@ -36,8 +36,10 @@ pub struct PackOptions {
     /// Directory holding the source `*.tar` shards (from `llava-pack build`).
     pub input: PathBuf,
     pub output: PathBuf,
-    /// HF `tokenizer.json`.
+    /// HF `tokenizer.json` (copied into the output as `tokenizer.json`).
     pub tokenizer: PathBuf,
+    /// Training string of caption samples (REFERENCE §2: the pretraining form by default).
+    pub caption_format: bucketer::CaptionFormat,
     pub max_len: u32,
     pub max_image_tokens: Option<u32>,
     pub min_pixels: u64,
@@ -63,6 +65,7 @@ impl PackOptions {
             input: input.into(),
             output: output.into(),
             tokenizer: tokenizer.into(),
+            caption_format: bucketer::CaptionFormat::default(),
             max_len: 8192,
             max_image_tokens: None,
             min_pixels: 3136,
@@ -183,16 +186,22 @@ pub(crate) fn scan_all(
     })
 }
 
+/// The counter of `tokenizer` with default training strings except the caption format.
 pub(crate) fn length_counter(
     tokenizer: &std::path::Path,
     min_pixels: u64,
     max_pixels: u64,
+    caption_format: bucketer::CaptionFormat,
 ) -> Result<bucketer::LengthCounter> {
     let vision = bucketer::VisionConfig {
         min_pixels,
         max_pixels,
         ..Default::default()
     };
-    bucketer::LengthCounter::from_file(tokenizer, vision, bucketer::TemplateOptions::default())
+    let template = bucketer::TemplateOptions {
+        caption_format,
+        ..Default::default()
+    };
+    bucketer::LengthCounter::from_file(tokenizer, vision, template)
         .map_err(|e| PackError::input(tokenizer, e))
 }
