@@ -139,6 +139,9 @@ def test_headline_chart_includes_mme_and_coco_on_their_own_axes(full_run):
     assert panels["mme"].get_ylim()[1] >= 2800 and panels["pope"].get_ylim()[1] <= 105
     assert "not normalised" in fig._suptitle.get_text()
     assert "own axis" in panels["mme"].get_title()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_report_says_in_words_when_published_figures_are_absent(full_run):
