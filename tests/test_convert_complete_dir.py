@@ -244,3 +244,29 @@ def test_qwen_bpe_tokenizer_dir_loads_as_qwen2_tokenizer(tmp_path):
         assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
                                        add_vision_id=vid) \
             == render_chat(msgs, add_generation_prompt=True, add_vision_id=vid)
+
+
+def test_tokenizer_is_found_in_checkpoint_then_its_run_directory(tmp_path):
+    from llava_ov15.convert import ConvertError, resolve_mcore, resolve_tokenizer
+
+    it = tmp_path / "run" / "iter_0000007"
+    it.mkdir(parents=True)
+    (it / "llava_config.json").write_text("{}")
+    (it / "metadata.json").write_text("{}")
+    (tmp_path / "run" / "latest").write_text("iter_0000007\n")
+    (tmp_path / "run" / "tokenizer.json").write_text("{}")
+    assert resolve_mcore(tmp_path / "run") == it
+    assert resolve_mcore(it) == it
+    assert resolve_tokenizer(it, None) == tmp_path / "run" / "tokenizer.json"
+    (it / "tokenizer.json").write_text("{}")
+    assert resolve_tokenizer(it, None) == it / "tokenizer.json"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tokenizer.json").write_text("{}")
+    assert resolve_tokenizer(it, other) == other / "tokenizer.json"
+    assert resolve_tokenizer(it, other / "tokenizer.json") == other / "tokenizer.json"
+    # a converted (non-iter) directory does not borrow a tokenizer from the folder above it
+    conv = tmp_path / "run" / "converted"
+    conv.mkdir()
+    with pytest.raises(ConvertError, match="no tokenizer.json"):
+        resolve_tokenizer(conv, None)
