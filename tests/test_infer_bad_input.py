@@ -82,3 +82,18 @@ def test_infer_good_image_still_answers(capsys, model_dir, images):
     assert infer.main(["--model", str(model_dir), "--image", str(images / "good.jpg"),
                        "--prompt", "describe", "--max-new-tokens", "3", "--device", "cpu"]) == 0
     assert "finish:" in capsys.readouterr().err
+
+
+def test_infer_opens_images_upright(tmp_path):
+    """A phone photo stored sideways (EXIF orientation 6) is seen as the viewer sees it."""
+    from llava_ov15.model.pipeline import load_image
+
+    rgb = np.zeros((30, 50, 3), np.uint8)
+    rgb[:, :10] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    Image.fromarray(rgb).save(tmp_path / "side.jpg", exif=exif.tobytes(), quality=95)
+    im = load_image(tmp_path / "side.jpg")
+    assert im.size == (30, 50)  # (width, height) after rotation
+    a = np.asarray(im.convert("L"))
+    assert a[:8].mean() > 200 and a[-8:].mean() < 50  # the band is now at the top
