@@ -193,12 +193,15 @@ enum ImageBytes<'py> {
     Bytes(Bound<'py, PyBytes>),
 }
 
-/// Decode, BICUBIC-resize to the `smart_resize` size, rescale, normalize and patchify images
-/// (GIL released, images in parallel). Returns `(pixel_values float32 [Σ h·w, 588],
-/// image_grid_thw int64 [n, 3])`, identical to transformers' `Qwen2VLImageProcessor(Pil)`
-/// with temporal_patch_size=1.
+/// Decode, apply EXIF orientation, BICUBIC-resize to the `smart_resize` size of the upright
+/// image, rescale, normalize and patchify images (GIL released, images in parallel). Returns
+/// `(pixel_values float32 [Σ h·w, 588], image_grid_thw int64 [n, 3])`, identical to
+/// transformers' `Qwen2VLImageProcessor(Pil)` (temporal_patch_size=1) given
+/// `ImageOps.exif_transpose`d images. `alpha`: "white" composites transparency onto white
+/// (transformers 5.x), "drop" ignores it (transformers 4.x).
 #[pyfunction]
-#[pyo3(signature = (images, *, min_pixels=3136, max_pixels=2_560_000, patch_size=14, merge_size=2))]
+#[pyo3(signature = (images, *, min_pixels=3136, max_pixels=2_560_000, patch_size=14, merge_size=2,
+    alpha="white"))]
 fn preprocess_images<'py>(
     py: Python<'py>,
     images: Vec<ImageBytes<'py>>,
@@ -206,12 +209,14 @@ fn preprocess_images<'py>(
     max_pixels: u64,
     patch_size: u32,
     merge_size: u32,
+    alpha: &str,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     if patch_size == 0 || merge_size == 0 || min_pixels > max_pixels {
         return Err(PyValueError::new_err(
             "need patch_size, merge_size > 0 and min_pixels <= max_pixels",
         ));
     }
+    let alpha = vision::Alpha::parse(alpha).map_err(PyValueError::new_err)?;
     let slices: Vec<&[u8]> = images
         .iter()
         .map(|im| match im {
@@ -231,7 +236,8 @@ fn preprocess_images<'py>(
         .enumerate()
         .map(|(i, bytes)| {
             let info = packer::image::probe(bytes).map_err(|e| format!("image {i}: {e}"))?;
-            bucketer::smart_resize(info.height, info.width, factor, min_pixels, max_pixels)
+            let (w, h) = vision::upright_size(&info);
+            bucketer::smart_resize(h, w, factor, min_pixels, max_pixels)
                 .map_err(|e| format!("image {i}: {e}"))
         })
         .collect::<Result<_, String>>()
@@ -255,8 +261,8 @@ fn preprocess_images<'py>(
             .zip(grids.par_iter())
             .enumerate()
             .try_for_each(|(i, ((out, bytes), (h, w)))| {
-                let rgb =
-                    vision::decode_rgb(bytes, &limits).map_err(|e| format!("image {i}: {e}"))?;
+                let rgb = vision::decode_rgb(bytes, &limits, alpha)
+                    .map_err(|e| format!("image {i}: {e}"))?;
                 let (hh, ww) =
                     bucketer::smart_resize(rgb.height, rgb.width, factor, min_pixels, max_pixels)
                         .map_err(|e| format!("image {i}: {e}"))?;

@@ -8,17 +8,53 @@
 //! so the values are identical (the rescale+normalize pair is a per-band 256-entry table).
 //!
 //! Decoding follows Pillow: JPEG through libjpeg (ISLOW, fancy upsampling; see `jpeg.rs`),
-//! the other formats through the `image` crate converted like Pillow's `convert("RGB")`
-//! (alpha dropped, gray replicated, 16-bit samples reduced to their high byte). EXIF
-//! orientation is not applied — neither does the processor on an `Image.open`ed image, and
-//! the shard metadata's width/height (which the token counts use) are the stored ones.
+//! the other formats through the `image` crate converted like transformers' `convert_to_rgb`
+//! (gray replicated, 16-bit samples reduced to their high byte) with transparency handled
+//! per [`Alpha`]: `White` composites onto opaque white exactly like Pillow's
+//! `alpha_composite` (what transformers 5.x does for any image with an alpha band or a
+//! `transparency` entry), `Drop` ignores alpha like a bare `convert("RGB")` (transformers 4.x).
+//!
+//! EXIF orientation is applied after decoding ([`orient`]), as `ImageOps.exif_transpose` would
+//! before the processor, so every image is seen upright: the build re-encodes over-limit
+//! images upright, and without this step the images under the limit would stay sideways.
+//! The output size is then [`upright_size`] (width and height swapped for orientations 5–8).
 
 use image::DynamicImage;
 
 #[cfg(test)]
 use super::pillow::resize_interleaved;
 use super::pillow::{resize_planes, Filter, Rgb};
-use super::{decode, jpeg, probe, ImageError, ImageFormat, ImageResult, Limits};
+use super::{decode, jpeg, probe, ImageError, ImageFormat, ImageInfo, ImageResult, Limits};
+
+/// What transparent pixels become in the RGB the vision tower sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Alpha {
+    /// Composite onto opaque white (Pillow `alpha_composite` arithmetic): transformers 5.x.
+    #[default]
+    White,
+    /// Ignore the alpha band (Pillow `convert("RGB")`): transformers 4.x.
+    Drop,
+}
+
+impl Alpha {
+    /// `"white"` or `"drop"`.
+    pub fn parse(s: &str) -> Result<Alpha, String> {
+        match s {
+            "white" => Ok(Alpha::White),
+            "drop" => Ok(Alpha::Drop),
+            other => Err(format!("alpha must be 'white' or 'drop', not {other:?}")),
+        }
+    }
+}
+
+/// `(width, height)` of the image as seen upright: swapped for EXIF orientations 5–8.
+pub fn upright_size(info: &ImageInfo) -> (u32, u32) {
+    if (5..=8).contains(&info.orientation) {
+        (info.height, info.width)
+    } else {
+        (info.width, info.height)
+    }
+}
 
 /// CLIP normalisation constants (`OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`), as f32 like numpy's;
 /// the digits are transformers' literals, kept verbatim for auditability.
@@ -27,8 +63,9 @@ pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
 #[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
-/// Decode any supported image to Pillow-equivalent RGB pixels (bomb guard from `limits`).
-pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> ImageResult<Rgb> {
+/// Decode any supported image to the RGB pixels transformers' processor gets from
+/// `exif_transpose(Image.open(...))` (bomb guard from `limits`; transparency per `alpha`).
+pub fn decode_rgb(bytes: &[u8], limits: &Limits, alpha: Alpha) -> ImageResult<Rgb> {
     let info = probe::probe(bytes)?;
     if info.width as u64 * info.height as u64 > limits.max_image_pixels {
         return Err(ImageError::TooLarge {
@@ -38,21 +75,37 @@ pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> ImageResult<Rgb> {
         });
     }
     // Decoders are third-party code fed untrusted bytes: a panic is a decode error.
-    std::panic::catch_unwind(|| match info.format {
+    let rgb = std::panic::catch_unwind(|| match info.format {
         ImageFormat::Jpeg => jpeg::decode_rgb(bytes),
-        _ => decode::decode_dynamic(bytes, &info).map(|img| to_pillow_rgb(&img, &info.color)),
+        _ => {
+            decode::decode_dynamic(bytes, &info).map(|img| to_pillow_rgb(&img, &info.color, alpha))
+        }
     })
     .unwrap_or_else(|_| {
         Err(ImageError::Corrupt {
             format: probe::format_name(info.format),
             detail: "decoder panicked".into(),
         })
-    })
+    })?;
+    Ok(orient(rgb, info.orientation))
 }
 
-/// Pillow `convert("RGB")` of what the `image` crate decoded (`color` as probed: a 16-bit
-/// gray PNG is Pillow mode `I;16`, whose conversion clips at 255 instead of shifting).
-fn to_pillow_rgb(img: &DynamicImage, color: &str) -> Rgb {
+/// One channel of Pillow's `alpha_composite(white, src)`: its 7-bit fixed point with an
+/// opaque white destination (`coef1 = a·128`, `coef2 = (255 - a)·128`) and its rounded
+/// division by 255 (`((x >> 8) + x) >> 8`).
+#[inline]
+fn over_white(v: u8, a: u8) -> u8 {
+    if a == 0 {
+        return 255;
+    }
+    let t = (v as u32 * a as u32 + 255 * (255 - a as u32)) * 128 + (0x80 << 7);
+    ((((t >> 8) + t) >> 8) >> 7) as u8
+}
+
+/// Pillow conversion to RGB of what the `image` crate decoded (`color` as probed: a 16-bit
+/// gray PNG is Pillow mode `I;16`, whose conversion clips at 255 instead of shifting);
+/// layouts with alpha are composited onto white or have it dropped, per `alpha`.
+fn to_pillow_rgb(img: &DynamicImage, color: &str, alpha: Alpha) -> Rgb {
     let (width, height) = (img.width(), img.height());
     let clip16 = color == "l16";
     let g16 = |v: u16| {
@@ -62,33 +115,92 @@ fn to_pillow_rgb(img: &DynamicImage, color: &str) -> Rgb {
             (v >> 8) as u8
         }
     };
+    let white = alpha == Alpha::White;
+    let rgba = |r: u8, g: u8, b: u8, a: u8| {
+        if white {
+            [over_white(r, a), over_white(g, a), over_white(b, a)]
+        } else {
+            [r, g, b]
+        }
+    };
     let px: Vec<u8> = match img {
         DynamicImage::ImageRgb8(b) => b.as_raw().clone(),
         DynamicImage::ImageRgba8(b) => b
             .as_raw()
             .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
+            .flat_map(|p| rgba(p[0], p[1], p[2], p[3]))
             .collect(),
         DynamicImage::ImageLuma8(b) => b.as_raw().iter().flat_map(|&v| [v, v, v]).collect(),
-        DynamicImage::ImageLumaA8(b) => {
-            b.as_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect()
-        }
+        DynamicImage::ImageLumaA8(b) => b
+            .as_raw()
+            .chunks_exact(2)
+            .flat_map(|p| rgba(p[0], p[0], p[0], p[1]))
+            .collect(),
         DynamicImage::ImageLuma16(b) => b.as_raw().iter().flat_map(|&v| [g16(v); 3]).collect(),
         DynamicImage::ImageLumaA16(b) => b
             .as_raw()
             .chunks_exact(2)
-            .flat_map(|p| [g16(p[0]); 3])
+            .flat_map(|p| {
+                let v = g16(p[0]);
+                rgba(v, v, v, (p[1] >> 8) as u8)
+            })
             .collect(),
         DynamicImage::ImageRgb16(b) => b.as_raw().iter().map(|&v| (v >> 8) as u8).collect(),
         DynamicImage::ImageRgba16(b) => b
             .as_raw()
             .chunks_exact(4)
-            .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+            .flat_map(|p| {
+                let [r, g, b, a] = [p[0], p[1], p[2], p[3]].map(|v| (v >> 8) as u8);
+                rgba(r, g, b, a)
+            })
             .collect(),
+        DynamicImage::ImageRgba32F(_) if white => {
+            let b = img.to_rgba8();
+            b.as_raw()
+                .chunks_exact(4)
+                .flat_map(|p| rgba(p[0], p[1], p[2], p[3]))
+                .collect()
+        }
         // Float layouts have no Pillow mode; the image crate's own conversion is the best bound.
         other => other.to_rgb8().into_raw(),
     };
     Rgb { width, height, px }
+}
+
+/// `ImageOps.exif_transpose` of `rgb` for EXIF orientation `o` (1 or unknown: unchanged).
+pub fn orient(rgb: Rgb, o: u8) -> Rgb {
+    if !(2..=8).contains(&o) {
+        return rgb;
+    }
+    let (w, h) = (rgb.width as usize, rgb.height as usize);
+    let transposed = o >= 5;
+    let (ow, oh) = if transposed { (h, w) } else { (w, h) };
+    // Source pixel of output (x, y): orientations 2-4 flip/rotate in place, 5-8 also swap axes
+    // (5 TRANSPOSE, 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90, in Pillow's names).
+    let src = |x: usize, y: usize| -> (usize, usize) {
+        match o {
+            2 => (w - 1 - x, y),
+            3 => (w - 1 - x, h - 1 - y),
+            4 => (x, h - 1 - y),
+            5 => (y, x),
+            6 => (y, h - 1 - x),
+            7 => (w - 1 - y, h - 1 - x),
+            _ => (w - 1 - y, x),
+        }
+    };
+    let mut px = vec![0u8; rgb.px.len()];
+    for (y, row) in px.chunks_exact_mut(3 * ow).enumerate() {
+        for (x, out) in row.chunks_exact_mut(3).enumerate() {
+            let (sx, sy) = src(x, y);
+            let at = 3 * (sy * w + sx);
+            out.copy_from_slice(&rgb.px[at..at + 3]);
+        }
+    }
+    Rgb {
+        width: ow as u32,
+        height: oh as u32,
+        px,
+    }
 }
 
 /// `((v as f64 * (1/255)) as f32 - mean) / std` for every byte value and band: numpy's
@@ -172,6 +284,42 @@ pub fn pixel_values_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orientations_rotate_and_flip_a_2x3_image_upright() {
+        // Stored 3 wide × 2 high, pixel value = 10·row + column (all bands).
+        let px = [0u8, 1, 2, 10, 11, 12]
+            .iter()
+            .flat_map(|&v| [v; 3])
+            .collect();
+        let rgb = Rgb {
+            width: 3,
+            height: 2,
+            px,
+        };
+        let rows = |o: u8| {
+            let r = orient(rgb.clone(), o);
+            let v: Vec<u8> = r.px.chunks_exact(3).map(|p| p[0]).collect();
+            (r.width, r.height, v)
+        };
+        assert_eq!(rows(1), (3, 2, vec![0, 1, 2, 10, 11, 12]));
+        assert_eq!(rows(2), (3, 2, vec![2, 1, 0, 12, 11, 10]));
+        assert_eq!(rows(3), (3, 2, vec![12, 11, 10, 2, 1, 0]));
+        assert_eq!(rows(4), (3, 2, vec![10, 11, 12, 0, 1, 2]));
+        assert_eq!(rows(5), (2, 3, vec![0, 10, 1, 11, 2, 12]));
+        assert_eq!(rows(6), (2, 3, vec![10, 0, 11, 1, 12, 2]));
+        assert_eq!(rows(7), (2, 3, vec![12, 2, 11, 1, 10, 0]));
+        assert_eq!(rows(8), (2, 3, vec![2, 12, 1, 11, 0, 10]));
+    }
+
+    #[test]
+    fn compositing_onto_white_keeps_opaque_and_whitens_transparent() {
+        for v in 0..=255u8 {
+            assert_eq!(over_white(v, 255), v);
+            assert_eq!(over_white(v, 0), 255);
+        }
+        assert_eq!(over_white(0, 128), 127);
+    }
 
     #[test]
     fn patch_order_is_merge_window_major() {
