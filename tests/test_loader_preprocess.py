@@ -116,11 +116,26 @@ def _hf_messages(doc):
     return msgs
 
 
+VISION = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
 def _hf_ids_labels(tok, doc, image_tokens):
-    text = tok.apply_chat_template(_hf_messages(doc), chat_template=TEMPLATE, tokenize=False)
+    """The reference's training strings: a caption is vision tags + caption + eos (all but the
+    vision tokens trained); a chat is the template's text without its final newline."""
+    if doc["kind"] == "caption":
+        text = VISION * len(doc.get("images", [])) + doc["caption"] + "<|im_end|>"
+    else:
+        text = tok.apply_chat_template(_hf_messages(doc), chat_template=TEMPLATE,
+                                       tokenize=False)
+        assert text.endswith("<|im_end|>\n")
+        text = text[:-1]
     it = iter(image_tokens)
     text = re.sub(re.escape("<|image_pad|>"), lambda _: "<|image_pad|>" * next(it), text)
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    if doc["kind"] == "caption":
+        vision = {tok.convert_tokens_to_ids(t) for t in
+                  ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")}
+        return enc["input_ids"], [-100 if t in vision else t for t in enc["input_ids"]]
     spans = [(m.start(1), m.end(1)) for m in
              re.finditer(r"<\|im_start\|>assistant\n(.*?)<\|im_end\|>", text, re.S)]
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -149,7 +164,7 @@ def test_tokens_and_labels_equal_hf_template_and_lengths(plain_shards, qwen_toke
         ref_ids, ref_labels = _hf_ids_labels(tok, doc, image_tokens)
         assert ids.tolist() == ref_ids, doc["id"]
         assert labels.tolist() == ref_labels, doc["id"]
-        assert labels.tolist()[-2] == 151645  # the final <|im_end|> is trained
+        assert labels.tolist()[-1] == ids[-1] == 151645  # ends on a trained <|im_end|>
     assert kinds == {"caption", "conversations", "messages"}
 
 
