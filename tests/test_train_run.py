@@ -161,12 +161,10 @@ def test_tiny_stage1_lowers_loss_llava_pack(tmp_path):
     corpus = write_corpus(root, CorpusSpec(n=24, seed=1, min_side=56, max_side=160,
                                            near_dup_fraction=0.0))
     build(corpus, root / "shards", phash="off", progress="quiet")
-    tokenizer = str(qwen_tokenizer_json())
-    pack(root / "shards", root / "packed", tokenizer, max_len=512, progress="quiet")
-    # the tiny model with the real vocabulary and token ids; 4 packs, same every step
-    _stage1_lowers_loss(tmp_path / "run", "data.kind=packed", f"data.path={root / 'packed'}",
-                        f"data.tokenizer={tokenizer}", "data.seq_len=512",
-                        "model.text.vocab_size=151936", "model.tokens.published=true")
+    pack(root / "shards", root / "packed", qwen_tokenizer_json(), max_len=512, progress="quiet")
+    # the pack alone: tokenizer, seq_len and pixel limits from its manifest, the tiny model's
+    # vocabulary and token ids fitted to its tokenizer; 4 packs, same every step
+    _stage1_lowers_loss(tmp_path / "run", f"data.path={root / 'packed'}")
 
 
 def test_rerun_without_resume_refuses_and_overwrite_starts_over(interrupted, tmp_path):

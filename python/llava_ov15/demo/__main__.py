@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   {stats.get('packs')} packs, fill efficiency {stats.get('fill_efficiency')}")
 
     ckpt = out / "train" / "checkpoints"
+    # the pack brings its tokenizer, row length, pixel limits and caption format
     overrides = [
-        "data.kind=packed", f"data.path={out / 'packed'}", f"data.tokenizer={tokenizer}",
-        "data.seq_len=2048", "model.text.vocab_size=151936", "model.tokens.published=true",
+        f"data.path={out / 'packed'}",
         f"train.steps={args.steps}", "train.lr=1e-2", f"log.dir={out / 'train'}",
         f"checkpoint.dir={ckpt}", "log.progress=log",
     ]

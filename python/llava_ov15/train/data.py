@@ -318,18 +318,13 @@ class PackedShardSource:
 def sample_processor(path: str, tokenizer_json: str, min_pixels: int | None,
                      max_pixels: int | None, caption_format: str | None):
     """The loader's transform rendering samples exactly as the packer measured them: the
-    manifest's settings (system prompt, caption prompt, eos...), with the config's resolved
-    values, which `resolve` has checked against the manifest."""
-    import inspect
-
+    manifest's settings (system prompt, caption prompt, eos...) with the config's resolved
+    values, which `resolve` has already checked against the manifest."""
     from llava_ov15.data import SampleProcessor
-    from llava_ov15.data.pack_manifest import PackInfo
 
-    kw = PackInfo.load(path).sample_tokenizer_kwargs()
-    kw.update({k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels),
-                                 ("caption_format", caption_format)) if v is not None})
-    accepted = inspect.signature(SampleProcessor).parameters
-    return SampleProcessor(tokenizer_json, **{k: v for k, v in kw.items() if k in accepted})
+    kw = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels),
+                            ("caption_format", caption_format)) if v is not None}
+    return SampleProcessor.from_pack(path, tokenizer=tokenizer_json, **kw)
 
 
 def build_source(cfg, mc: LlavaOV15Config, dp_rank: int, dp_size: int) -> BatchSource:
