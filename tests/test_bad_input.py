@@ -86,6 +86,9 @@ def bad_corpus(tmp_path, photo_rgb):
         json.dumps({"id": "emptycap", "image": "good.jpg", "caption": "  "}).encode(),
         json.dumps({"id": "noshape", "image": "good.jpg"}).encode(),
         b"[1, 2, 3]",
+        rec("url", "https://example.org/cat.jpg"),
+        rec("s3", ["good.jpg", "s3://bucket/cat.jpg"]),
+        rec("datauri", "data:image/jpeg;base64," + "A" * 4000),
     ]
     corpus = tmp_path / "bad.jsonl"
     corpus.write_bytes(b"\n".join(lines) + b"\n")
@@ -102,7 +105,12 @@ REJECTED = {  # id → (category, words the reason must contain)
     "notimage": ("unknown_format", "text.jpg"),
     "emptycap": ("invalid_record", "empty caption"),
     "noshape": ("invalid_record", "shape"),
+    "url": ("remote_image_unsupported", "https:// URLs are not fetched"),
+    "s3": ("remote_image_unsupported", "image 1 (s3://bucket/cat.jpg): s3:// URLs are not"),
+    "datauri": ("remote_image_unsupported", "data: URIs are not decoded"),
 }
+# Over half the bad corpus is rejected, on purpose: these tests read every reject.
+ACCEPT_ALL = ("--max-reject-rate", "1")
 
 
 @pytest.mark.parametrize("phash", ["fast", "exact"])
@@ -121,6 +129,7 @@ def test_each_bad_input_is_a_reject_or_accepted_correctly(bad_corpus, tmp_path, 
         phash,
         "--dedup",
         "off",
+        *ACCEPT_ALL,
     )
     rejects = read_jsonl(out / "rejects.jsonl")
     metas = {}
@@ -141,6 +150,8 @@ def test_each_bad_input_is_a_reject_or_accepted_correctly(bad_corpus, tmp_path, 
     assert "UTF-8" in by_line[16]["reason"]
     assert "object" in by_line[19]["reason"]
     assert all(r["reason"] for r in rejects)
+    # A data: URI is not copied whole into the reason.
+    assert len(by_id["datauri"]["reason"]) < 300
 
 
 def test_accepted_oddities_keep_their_facts(bad_corpus, tmp_path):
@@ -156,6 +167,7 @@ def test_accepted_oddities_keep_their_facts(bad_corpus, tmp_path):
         "quiet",
         "--dedup",
         "off",
+        *ACCEPT_ALL,
     )
     metas = {}
     with tarfile.open(shard_files(out)[0]) as tf:
@@ -178,7 +190,8 @@ def test_bomb_limit_is_configurable(tmp_path):
     (tmp_path / "big.png").write_bytes(bomb_png(3000, 3000))
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"id": "b", "image": "big.png", "caption": "x"}) + "\n")
-    run_cli(
+    # Its only record is rejected: no samples, so the build fails after writing its rejects.
+    p = run_cli(
         "build",
         "--input",
         str(corpus),
@@ -188,7 +201,9 @@ def test_bomb_limit_is_configurable(tmp_path):
         "quiet",
         "--max-image-pixels",
         "1000000",
+        check=False,
     )
+    assert p.returncode == 1 and "no samples" in p.stderr, p.stderr
     [r] = read_jsonl(tmp_path / "o" / "rejects.jsonl")
     assert r["category"] == "decompression_bomb" and "3000x3000" in r["reason"]
 

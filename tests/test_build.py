@@ -100,7 +100,7 @@ def test_shard_size_bounds_each_shard(mixed_corpus, tmp_path):
         assert s["bytes"] <= limit + 1024 or s["samples"] == 1
 
 
-def test_exact_duplicates_are_rejected_and_point_at_the_first(tmp_path, photo_jpeg):
+def test_image_dedup_rejects_repeated_images_and_points_at_the_first(tmp_path, photo_jpeg):
     (tmp_path / "a.jpg").write_bytes(photo_jpeg)
     shutil.copy(tmp_path / "a.jpg", tmp_path / "b.jpg")
     lines = [
@@ -110,14 +110,82 @@ def test_exact_duplicates_are_rejected_and_point_at_the_first(tmp_path, photo_jp
     ]
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    build(corpus, tmp_path / "out")
+    build(corpus, tmp_path / "out", "--dedup", "image", "--max-reject-rate", "1")
     rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
-    assert [(r["id"], r["reason"]) for r in rejects] == [
-        ("second", "duplicate of first"),
-        ("third", "duplicate of first"),
+    assert [(r["id"], r["category"], r["reason"]) for r in rejects] == [
+        ("second", "duplicate", "duplicate of first"),
+        ("third", "duplicate", "duplicate of first"),
     ]
     manifest = build(corpus, tmp_path / "keep", "--dedup", "off")
     assert manifest["totals"]["samples"] == 3
+    assert manifest["options"]["dedup"] == "off"
+
+
+def _vqa_corpus(tmp_path: Path, photo_rgb, images: int, questions: list[str]) -> Path:
+    from conftest import jpeg_bytes
+
+    lines = []
+    for i in range(images):
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg_bytes(photo_rgb[i * 8 : i * 8 + 96, :128]))
+        for q, question in enumerate(questions):
+            lines.append({"id": f"img{i}-q{q}", "image": f"{i}.jpg", "conversations": [
+                {"from": "human", "value": f"<image>\n{question}"},
+                {"from": "gpt", "value": f"answer {q}"}]})
+    corpus = tmp_path / "vqa.jsonl"
+    corpus.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return corpus
+
+
+def test_default_dedup_keeps_one_image_asked_different_questions(tmp_path, photo_rgb):
+    questions = ["What colour is the suit?", "How many people?", "Where is this?"]
+    corpus = _vqa_corpus(tmp_path, photo_rgb, 20, questions)
+    out = tmp_path / "out"
+    manifest = build(corpus, out, "--phash", "off")
+    assert manifest["totals"]["samples"] == 60 and manifest["totals"]["rejects"] == 0
+    assert manifest["options"]["dedup"] == "sample"  # `exact` is the whole sample
+    assert read_jsonl(out / "rejects.jsonl") == []
+    # The same explicitly, by either name.
+    for mode in ("exact", "sample"):
+        m = build(corpus, tmp_path / mode, "--phash", "off", "--dedup", mode)
+        assert m["totals"]["samples"] == 60
+    # `--dedup image` is the caption-corpus mode: one sample per image.
+    m = build(corpus, tmp_path / "image", "--phash", "off", "--dedup", "image",
+              "--max-reject-rate", "1")
+    assert m["totals"]["samples"] == 20 and m["totals"]["rejects"] == 40
+
+
+def test_default_dedup_drops_a_repeat_of_images_and_text_up_to_whitespace(tmp_path, photo_jpeg):
+    (tmp_path / "a.jpg").write_bytes(photo_jpeg)
+    shutil.copy(tmp_path / "a.jpg", tmp_path / "copy.jpg")
+    chat = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A man."}]
+    spaced = [{"from": "human", "value": "<image>\n  What is\tit? "},
+              {"from": "gpt", "value": "A man.\n"}]
+    other_case = [{"from": "human", "value": "<image>\nWhat is it?"},
+                  {"from": "gpt", "value": "a man."}]
+    text_only = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
+    lines = [
+        {"id": "first", "image": "a.jpg", "conversations": chat},
+        {"id": "same-bytes-other-file", "image": "copy.jpg", "conversations": spaced,
+         "source": "elsewhere"},
+        {"id": "case-differs", "image": "a.jpg", "conversations": other_case},
+        {"id": "as-messages", "images": ["a.jpg"], "messages": [
+            {"role": "user", "content": "<image>\nWhat is it?"},
+            {"role": "assistant", "content": "A man."}]},
+        {"id": "text", "conversations": text_only},
+        {"id": "text-again", "conversations": text_only},
+        {"id": "caption", "image": "a.jpg", "caption": "A man."},
+    ]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "out"
+    manifest = build(corpus, out, "--phash", "off")
+    rejects = read_jsonl(out / "rejects.jsonl")
+    assert [(r["id"], r["reason"]) for r in rejects] == [
+        ("same-bytes-other-file", "duplicate of first"),
+        ("as-messages", "duplicate of first"),
+        ("text-again", "duplicate of text"),
+    ]
+    assert manifest["totals"]["samples"] == 4
 
 
 def test_duplicate_and_missing_ids_get_unique_stable_keys(tmp_path, photo_jpeg):

@@ -9,7 +9,7 @@ class OutputError(PackError): ...
 class ResumeError(PackError): ...
 
 def build(
-    input: str,
+    inputs: list[str],
     output: str,
     *,
     image_root: str | None = None,
@@ -27,7 +27,8 @@ def build(
     overwrite: bool = False,
     progress: str = "auto",
 ) -> str:
-    """Run a build; returns the summary as JSON."""
+    """Run a build over ``inputs`` (files or globs, read in order); returns the summary as
+    JSON. ``dedup``: exact (= sample, the whole sample), image or off."""
 
 def probe_image(data: bytes) -> dict[str, object]:
     """Header probe: format, width, height, orientation, color, animated."""

@@ -2,20 +2,32 @@
 
 `build()`, `pack()` and `buckets()` are the same code paths as `llava-pack build|pack|buckets`:
 all call the native engine, which releases the GIL and can be interrupted with Ctrl-C (the job
-stops at the next chunk / sample and `resume=True` continues it).
+stops at the next chunk / sample and `resume=True` continues it). A `build()` or `pack()` whose
+output has no samples, or more rejects than ``max_reject_rate``, raises :class:`RejectsError`
+after writing everything (its ``summary`` attribute holds the summary).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from llava_ov15 import _native
 from llava_ov15._native import InputError, OutputError, PackError, ResumeError
+from llava_ov15.rejects import (
+    DEFAULT_MAX_REJECT_RATE,
+    RejectsError,
+    check_build,
+    check_pack,
+    check_rate,
+)
 
-__all__ = ["build", "pack", "buckets", "PackError",
-           "InputError", "OutputError", "ResumeError", "FORMAT_VERSION"]
+__all__ = ["build", "pack", "buckets", "PackError", "InputError", "OutputError", "ResumeError",
+           "RejectsError", "FORMAT_VERSION"]
+
+PathArg = str | os.PathLike[str]
 
 FORMAT_VERSION: int = _native.FORMAT_VERSION
 
@@ -28,7 +40,7 @@ def _non_negative(**values: int) -> None:
 
 
 def build(
-    input: str | os.PathLike[str],
+    input: PathArg | Sequence[PathArg],
     output: str | os.PathLike[str],
     *,
     image_root: str | os.PathLike[str] | None = None,
@@ -38,24 +50,34 @@ def build(
     workers: int = 0,
     phash: Literal["fast", "exact", "off"] = "fast",
     dhash: bool = False,
-    dedup: Literal["exact", "off"] = "exact",
+    dedup: Literal["exact", "sample", "image", "off"] = "exact",
     max_pixels: int | None = None,
     max_image_pixels: int | None = None,
     max_file_bytes: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: Literal["auto", "bar", "log", "quiet"] = "auto",
+    max_reject_rate: float | None = DEFAULT_MAX_REJECT_RATE,
 ) -> dict[str, Any]:
     """Build WebDataset shards from a JSONL / JSONL.zst / Parquet corpus.
 
+    ``input``: a file or glob, or a list of them read in that order. ``dedup``: ``exact``
+    (= ``sample``, default) drops a sample whose images *and* normalised text repeat an earlier
+    one; ``image`` drops a sample whose images alone repeat (caption corpora); ``off``.
+
     Returns the summary: records, samples, rejects, shards, bytes, seconds, stats.
     Raises ValueError for invalid options, InputError / OutputError / ResumeError
-    (all PackError) for job-level failures. Per-sample problems are never raised: they are
-    recorded in ``rejects.jsonl`` and counted in ``stats.json``.
+    (all PackError) for job-level failures, InputError when the input holds no record, and
+    RejectsError (a PackError, raised after everything is written) when no sample was written
+    or more than ``max_reject_rate`` of the records were rejected (``None``: no limit).
+    Otherwise per-sample problems are not raised: they are recorded in ``rejects.jsonl`` and
+    counted in ``stats.json``.
     """
     _non_negative(shard_size=shard_size, samples_per_shard=samples_per_shard, workers=workers)
+    check_rate(max_reject_rate)
+    inputs = [input] if isinstance(input, str | os.PathLike) else list(input)
     summary = _native.build(
-        os.fspath(input),
+        [os.fspath(i) for i in inputs],
         os.fspath(output),
         image_root=os.fspath(image_root) if image_root is not None else None,
         prefix=prefix,
@@ -72,7 +94,9 @@ def build(
         overwrite=overwrite,
         progress=progress,
     )
-    return json.loads(summary)
+    result = json.loads(summary)
+    check_build(result, max_reject_rate)
+    return result
 
 
 def pack(
@@ -92,6 +116,7 @@ def pack(
     overwrite: bool = False,
     progress: Literal["auto", "bar", "log", "quiet"] = "auto",
     caption_format: Literal["pretrain", "chat"] = "pretrain",
+    max_reject_rate: float | None = DEFAULT_MAX_REJECT_RATE,
 ) -> dict[str, Any]:
     """Pack the shards of a `build` output directory into sequences of at most ``max_len``
     tokens (and ``max_image_tokens`` image tokens per pack, if given).
@@ -102,18 +127,23 @@ def pack(
     ``options`` record everything training needs; read them with
     ``llava_ov15.data.pack_manifest.PackInfo``), a copy of the tokenizer as
     ``tokenizer.json``, ``pack_stats.json`` and ``rejects.jsonl``; returns the summary.
+    Raises RejectsError (after writing everything) when no pack was written or more than
+    ``max_reject_rate`` of the source samples were rejected (``None``: no limit).
     """
     _non_negative(max_len=max_len, packs_per_shard=packs_per_shard, shard_size=shard_size,
                   workers=workers)
     if max_image_tokens is not None and max_image_tokens <= 0:
         raise ValueError(f"max_image_tokens must be positive, got {max_image_tokens}")
+    check_rate(max_reject_rate)
     summary = _native.pack(
         os.fspath(input), os.fspath(output), os.fspath(tokenizer), max_len=max_len,
         max_image_tokens=max_image_tokens, min_pixels=min_pixels, max_pixels=max_pixels,
         prefix=prefix, packs_per_shard=packs_per_shard, shard_size=shard_size, workers=workers,
         resume=resume, overwrite=overwrite, progress=progress, caption_format=caption_format,
     )
-    return json.loads(summary)
+    result = json.loads(summary)
+    check_pack(result, max_reject_rate)
+    return result
 
 
 def buckets(

@@ -17,16 +17,17 @@ fn parse_phash(s: &str) -> PyResult<PhashMode> {
     }
 }
 
-/// Build WebDataset shards from a corpus; returns the summary as a JSON string.
+/// Build WebDataset shards from a corpus (`inputs`: files or globs, read in order); returns
+/// the summary as a JSON string.
 #[pyfunction]
-#[pyo3(signature = (input, output, *, image_root=None, prefix="shard".to_string(),
+#[pyo3(signature = (inputs, output, *, image_root=None, prefix="shard".to_string(),
     shard_size=1u64 << 30, samples_per_shard=10_000, workers=0, phash="fast", dhash=false,
     dedup="exact", max_pixels=None, max_image_pixels=None, max_file_bytes=None,
     resume=false, overwrite=false, progress="auto"))]
 #[allow(clippy::too_many_arguments)]
 fn build(
     py: Python<'_>,
-    input: String,
+    inputs: Vec<String>,
     output: PathBuf,
     image_root: Option<PathBuf>,
     prefix: String,
@@ -43,7 +44,8 @@ fn build(
     overwrite: bool,
     progress: &str,
 ) -> PyResult<String> {
-    let mut o = BuildOptions::new(input, output);
+    let mut o = BuildOptions::new(String::new(), output);
+    o.inputs = inputs;
     o.image_root = image_root;
     o.prefix = prefix;
     o.shard_size = shard_size;
@@ -51,15 +53,7 @@ fn build(
     o.workers = workers;
     o.phash = parse_phash(phash)?;
     o.dhash = dhash;
-    o.dedup = match dedup {
-        "exact" => DedupMode::Exact,
-        "off" => DedupMode::Off,
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "--dedup must be exact or off, not {dedup:?}"
-            )))
-        }
-    };
+    o.dedup = DedupMode::parse(dedup).map_err(crate::to_py_err)?;
     o.max_pixels = max_pixels;
     if let Some(n) = max_image_pixels {
         o.max_image_pixels = n;

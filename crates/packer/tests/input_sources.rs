@@ -425,3 +425,138 @@ fn literal_path_with_glob_characters() {
     assert_eq!(src.files(), std::slice::from_ref(&path));
     assert_eq!(read_all(&mut *src).len(), 4);
 }
+
+#[test]
+fn json_array_input_is_refused_with_the_conversion_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let array = b"\xef\xbb\xbf \n [\n  {\"id\": \"a\", \"image\": \"a.jpg\", \"caption\": \"one\"},\n  {\"id\": \"b\"}\n]\n";
+    let plain = dir.path().join("corpus.json");
+    fs::write(&plain, array).unwrap();
+    let zst = dir.path().join("corpus.json.zst");
+    write_zst(&zst, array);
+    let sniffed = dir.path().join("corpus.data");
+    fs::write(&sniffed, array).unwrap();
+    for (path, command) in [
+        (&plain, "jq -c '.[]'"),
+        (&zst, "zstd -dc"),
+        (&sniffed, "jq -c '.[]'"),
+    ] {
+        match input::open(path.to_str().unwrap(), None) {
+            Err(PackError::Input { path: p, message }) => {
+                assert_eq!(&p, path);
+                assert!(message.contains("JSON array"), "{message}");
+                assert!(message.contains("not support"), "{message}");
+                assert!(message.contains(command), "{message}");
+            }
+            other => panic!("{}: {:?}", path.display(), other.map(|_| ())),
+        }
+    }
+    // One object per line is JSON Lines, whatever the extension.
+    let lines = dir.path().join("lines.json");
+    fs::write(&lines, JSONL).unwrap();
+    assert_eq!(read_all(&mut *open(&lines)).len(), 4);
+}
+
+#[test]
+fn several_inputs_are_read_in_the_order_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("b.jsonl");
+    let a = dir.path().join("a.jsonl.zst");
+    fs::write(&b, JSONL).unwrap();
+    write_zst(&a, JSONL);
+    fs::create_dir(dir.path().join("more")).unwrap();
+    fs::write(dir.path().join("more/x.jsonl"), b"{\"x\":1}\n").unwrap();
+    let inputs = [
+        b.display().to_string(),
+        a.display().to_string(),
+        format!("{}/more/*.jsonl", dir.path().display()),
+    ];
+    let mut src = input::open_all(&inputs, None).unwrap();
+    let names: Vec<_> = src
+        .files()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["b.jsonl", "a.jsonl.zst", "x.jsonl"]);
+    let mut expected = expected_jsonl(0, 0);
+    expected.extend(expected_jsonl(1, 4));
+    expected.push((8, 1, 2, "json:{\"x\":1}".into()));
+    assert_eq!(read_all(&mut *src), expected);
+    // Resume skips across the inputs exactly as across a glob's files.
+    for n in [0u64, 3, 4, 8, 9] {
+        let mut src = input::open_all(&inputs, None).unwrap();
+        src.skip(n).unwrap();
+        assert_eq!(read_all(&mut *src), expected[n as usize..], "skip {n}");
+    }
+}
+
+#[test]
+fn an_input_file_named_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.jsonl");
+    fs::write(&a, JSONL).unwrap();
+    let twice = [
+        a.display().to_string(),
+        format!("{}/*.jsonl", dir.path().display()),
+    ];
+    match input::open_all(&twice, None) {
+        Err(PackError::Input { path, message }) => {
+            assert_eq!(path, a);
+            assert!(message.contains("named twice"), "{message}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn lines_count_every_line_so_blank_ones_are_lines_minus_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("a.jsonl");
+    fs::write(&plain, JSONL).unwrap(); // 7 lines, 4 records
+    let zst = dir.path().join("b.jsonl.zst");
+    write_zst(&zst, b"\n\n{\"x\":1}\n\n");
+    let inputs = [plain.display().to_string(), zst.display().to_string()];
+    let mut src = input::open_all(&inputs, None).unwrap();
+    assert_eq!(read_all(&mut *src).len(), 5);
+    assert_eq!(src.lines(), 7 + 4);
+    for n in 0..=5 {
+        let mut src = input::open_all(&inputs, None).unwrap();
+        src.skip(n).unwrap();
+        read_all(&mut *src);
+        assert_eq!(src.lines(), 11, "skip {n}");
+    }
+    let pq = dir.path().join("c.parquet");
+    write_parquet(&pq, 20, 8);
+    let mut src = open(&pq);
+    assert_eq!(read_all(&mut *src).len(), 20);
+    assert_eq!(src.lines(), 20);
+}
+
+#[test]
+fn zstd_progress_follows_the_records_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.jsonl.zst");
+    let mut data = Vec::new();
+    for i in 0..3000 {
+        data.extend_from_slice(
+            format!(
+                "{{\"id\":{i},\"caption\":\"caption {}\"}}\n",
+                i * 7919 % 104729
+            )
+            .as_bytes(),
+        );
+    }
+    write_zst(&path, &data);
+    let size = fs::metadata(&path).unwrap().len();
+    let mut src = open(&path);
+    for _ in 0..510 {
+        src.next_record().unwrap().unwrap();
+    }
+    let (done, total) = src.progress();
+    assert_eq!(total, Some(size));
+    // About 17 % (the whole file is decompressed into the buffer at once).
+    let share = done as f64 / size as f64;
+    assert!((0.15..0.19).contains(&share), "{share}");
+    read_all(&mut *src);
+    assert_eq!(src.progress(), (size, Some(size)));
+}

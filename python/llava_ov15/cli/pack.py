@@ -5,7 +5,9 @@
     llava-pack buckets --input shards/ --output report/ --tokenizer tokenizer.json
 
 Errors print one line (no traceback): exit 2 for invalid options, 1 for job failures,
-130 when interrupted (rerun with --resume).
+130 when interrupted (rerun with --resume). A build or pack whose output has no samples, or
+more rejects than --max-reject-rate (default 0.5), exits 1 after writing everything, naming
+its top reject reasons with an example of each.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import sys
 
 from llava_ov15 import pack
+from llava_ov15.rejects import DEFAULT_MAX_REJECT_RATE, parse_rate
 
 _UNITS = {
     "": 1,
@@ -51,6 +54,19 @@ def parse_count(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
+def _rate(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _reject_rate_arg(p: argparse.ArgumentParser, of: str) -> None:
+    p.add_argument("--max-reject-rate", type=_rate, default=DEFAULT_MAX_REJECT_RATE,
+                   help=f"exit 1 (after writing everything) if more than this fraction of {of} "
+                   f"is rejected, e.g. 0.2 or 20%% (default {DEFAULT_MAX_REJECT_RATE}; 1 = never)")
+
+
 def _build_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build",
@@ -62,7 +78,9 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--input",
         required=True,
-        help="corpus.jsonl, corpus.jsonl.zst, file.parquet or a quoted glob ('dir/*.parquet')",
+        action="append",
+        help="corpus.jsonl, corpus.jsonl.zst, file.parquet or a quoted glob ('dir/*.parquet'); "
+        "repeat it to read several inputs one after another, in the order given",
     )
     p.add_argument("--output", required=True, help="output directory (empty or a previous build)")
     p.add_argument("--image-root", help="root for relative image paths (default: JSONL's folder)")
@@ -90,9 +108,11 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dhash", action="store_true", help="also compute dhash")
     p.add_argument(
         "--dedup",
-        choices=["exact", "off"],
+        choices=["exact", "sample", "image", "off"],
         default="exact",
-        help="drop samples whose images exactly repeat an earlier one (default)",
+        help="exact (default; alias sample): drop a sample whose images and whitespace-"
+        "normalised text both repeat an earlier one, so one image with different questions "
+        "stays; image: drop a sample whose images alone repeat (caption corpora); off",
     )
     p.add_argument(
         "--max-pixels",
@@ -119,11 +139,22 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="bar on a terminal, periodic log lines otherwise (auto)",
     )
+    _reject_rate_arg(p, "the records")
     p.set_defaults(func=_run_build)
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    summary = pack.build(
+    try:
+        summary = _build(args)
+    except pack.RejectsError as e:
+        print_summary(e.summary)
+        raise
+    print_summary(summary)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> dict:
+    return pack.build(
         args.input,
         args.output,
         image_root=args.image_root,
@@ -140,15 +171,15 @@ def _run_build(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=args.progress,
+        max_reject_rate=args.max_reject_rate,
     )
-    print_summary(summary)
-    return 0
 
 
 def print_summary(s: dict) -> None:
     st = s["stats"]
     print(f"output:   {s['output']}")
-    print(f"records:  {s['records']}  →  samples {s['samples']}, rejects {s['rejects']}")
+    blank = f", blank lines {st['blank_lines']}" if st.get("blank_lines") else ""
+    print(f"records:  {s['records']}  →  samples {s['samples']}, rejects {s['rejects']}{blank}")
     print(f"shards:   {s['shards']} ({s['bytes'] / 1e6:.1f} MB)")
     if st.get("formats"):
         print("formats:  " + ", ".join(f"{k} {v}" for k, v in sorted(st["formats"].items())))
@@ -206,17 +237,28 @@ def _pack_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="continue an interrupted pack")
     g.add_argument("--overwrite", action="store_true", help="replace a previous pack")
     p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto")
+    _reject_rate_arg(p, "the source samples")
     p.set_defaults(func=_run_pack)
 
 
 def _run_pack(args: argparse.Namespace) -> int:
-    s = pack.pack(
-        args.input, args.output, _tokenizer(args), max_len=args.max_len,
-        max_image_tokens=args.max_image_tokens, min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels, prefix=args.prefix, packs_per_shard=args.packs_per_shard,
-        shard_size=args.shard_size, workers=args.workers, resume=args.resume,
-        overwrite=args.overwrite, progress=args.progress, caption_format=args.caption_format,
-    )
+    try:
+        s = pack.pack(
+            args.input, args.output, _tokenizer(args), max_len=args.max_len,
+            max_image_tokens=args.max_image_tokens, min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels, prefix=args.prefix, packs_per_shard=args.packs_per_shard,
+            shard_size=args.shard_size, workers=args.workers, resume=args.resume,
+            overwrite=args.overwrite, progress=args.progress,
+            caption_format=args.caption_format, max_reject_rate=args.max_reject_rate,
+        )
+    except pack.RejectsError as e:
+        _print_pack_summary(e.summary)
+        raise
+    _print_pack_summary(s)
+    return 0
+
+
+def _print_pack_summary(s: dict) -> None:
     st = s["stats"]
     print(f"output:   {s['output']}")
     print(f"samples:  {st['source_samples']}  →  packed {s['samples']}, rejects {s['rejects']}")
@@ -227,7 +269,6 @@ def _run_pack(args: argparse.Namespace) -> int:
         reasons = sorted(st["rejects_by_reason"].items())
         print("rejects:  " + ", ".join(f"{k} {v}" for k, v in reasons))
     print(f"time:     {s['seconds']:.2f}s")
-    return 0
 
 
 def _buckets_parser(sub: argparse._SubParsersAction) -> None:

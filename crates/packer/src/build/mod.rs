@@ -5,6 +5,7 @@
 //! them. Tokens the writer returns keep at most `CHUNKS_IN_FLIGHT_PER_WORKER` chunks per worker
 //! between reading and writing, so memory stays flat however large the corpus.
 
+mod dedup;
 mod options;
 mod process;
 pub(crate) mod progress;
@@ -63,10 +64,12 @@ pub struct BuildSummary {
     pub stats: Stats,
 }
 
+/// Run (or resume) a build job. A job that read no record at all (empty input, or only blank
+/// lines) is an [`PackError::Input`] error once its (empty) output is written.
 pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
     opts.validate()?;
     let started = Instant::now();
-    let mut source = input::open(&opts.input, opts.image_root.as_deref())?;
+    let mut source = input::open_all(&opts.inputs, opts.image_root.as_deref())?;
     let files: Vec<PathBuf> = source.files().to_vec();
     let file_sizes: Vec<(String, u64)> = files
         .iter()
@@ -85,7 +88,8 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
             opts,
             &format!("llava-pack: {} is already complete", opts.output.display()),
         );
-        return Ok(summary(opts, &ckpt, started, resumed_from));
+        let s = summary(opts, &ckpt, started, resumed_from);
+        return read_something(opts, &files, s);
     }
     if resumed_from > 0 {
         source.skip(resumed_from)?;
@@ -189,6 +193,8 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
     });
     reporter.stop();
     let mut ckpt = result?;
+    // The reader reached the end of the input: every line was read or skipped.
+    ckpt.stats.blank_lines = source.lines().saturating_sub(ckpt.stats.records);
     finalize(opts, &mut ckpt, &fingerprint, started, resumed_from)?;
     let s = summary(opts, &ckpt, started, resumed_from);
     log(
@@ -203,7 +209,26 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
             s.seconds
         ),
     );
-    Ok(s)
+    read_something(opts, &files, s)
+}
+
+/// A job over no record is an error, not an empty success: the input is empty or blank.
+fn read_something(opts: &BuildOptions, files: &[PathBuf], s: BuildSummary) -> Result<BuildSummary> {
+    if s.records > 0 {
+        return Ok(s);
+    }
+    let what = match files {
+        [one] => one.display().to_string(),
+        many => format!("{} ({} files)", opts.inputs.join(" "), many.len()),
+    };
+    Err(PackError::input(
+        what,
+        format!(
+            "holds no records ({} blank lines): nothing to build; an empty output was written to {}",
+            s.stats.blank_lines,
+            opts.output.display()
+        ),
+    ))
 }
 
 fn log(opts: &BuildOptions, msg: &str) {
@@ -380,6 +405,7 @@ fn finalize(
             "bytes": ckpt.shards.iter().map(|s| s.bytes).sum::<u64>(),
             "records": st.records,
             "rejects": st.rejects,
+            "blank_lines": st.blank_lines,
         },
         "options": fingerprint,
     });

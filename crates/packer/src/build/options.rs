@@ -8,13 +8,33 @@ use serde_json::{json, Value};
 use crate::error::{PackError, Result};
 use crate::image::PhashMode;
 
+/// Exact-duplicate removal (first occurrence kept; see `dedup.rs` for the keys).
+///
+/// Serialised (job fingerprint, manifest) as `sample`, `image`, `off`: a job fingerprinted by
+/// an older version, whose `exact` meant images only, is then not resumed with a new meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DedupMode {
-    /// Drop samples whose images exactly repeat an earlier sample's (default).
-    Exact,
+    /// The whole sample: image hashes in order + normalised text (default; `--dedup exact`).
+    Sample,
+    /// The images alone, whatever the text (`--dedup image`; caption corpora).
+    Image,
     /// Keep everything.
     Off,
+}
+
+impl DedupMode {
+    /// `--dedup` values: `exact` (= `sample`, the default), `image`, `off`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "exact" | "sample" => Ok(DedupMode::Sample),
+            "image" => Ok(DedupMode::Image),
+            "off" => Ok(DedupMode::Off),
+            _ => Err(PackError::InvalidOption(format!(
+                "--dedup must be exact (whole sample), image or off, not {s:?}"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +48,8 @@ pub enum Progress {
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// A file or a glob (`dir/*.parquet`); see [`crate::input::open`].
-    pub input: String,
+    /// Files or globs (`dir/*.parquet`), read in this order; see [`crate::input::open_all`].
+    pub inputs: Vec<String>,
     pub output: PathBuf,
     /// Root for relative image paths (default: each input file's folder).
     pub image_root: Option<PathBuf>,
@@ -58,7 +78,7 @@ impl BuildOptions {
     /// Defaults matching the `llava-pack build` command line.
     pub fn new(input: impl Into<String>, output: impl Into<PathBuf>) -> Self {
         BuildOptions {
-            input: input.into(),
+            inputs: vec![input.into()],
             output: output.into(),
             image_root: None,
             prefix: "shard".into(),
@@ -67,7 +87,7 @@ impl BuildOptions {
             workers: 0,
             phash: PhashMode::Fast,
             dhash: false,
-            dedup: DedupMode::Exact,
+            dedup: DedupMode::Sample,
             max_pixels: None,
             max_image_pixels: crate::image::Limits::default().max_image_pixels,
             max_file_bytes: 256 << 20,
@@ -80,7 +100,7 @@ impl BuildOptions {
     /// Checks every option before any work starts; errors name the option.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(PackError::InvalidOption(m));
-        if self.input.trim().is_empty() {
+        if self.inputs.is_empty() || self.inputs.iter().any(|i| i.trim().is_empty()) {
             return bad("--input is empty".into());
         }
         check_prefix(&self.prefix)?;
@@ -121,7 +141,11 @@ impl BuildOptions {
     pub fn fingerprint(&self, files: &[(String, u64)]) -> Value {
         json!({
             "format_version": crate::FORMAT_VERSION,
-            "input": self.input,
+            // One input stays a string, as in fingerprints written before several were allowed.
+            "input": match self.inputs.as_slice() {
+                [one] => json!(one),
+                many => json!(many),
+            },
             "input_files": files.iter().map(|(p, n)| json!({"path": p, "bytes": n})).collect::<Vec<_>>(),
             "image_root": self.image_root.as_ref().map(|p| p.display().to_string()),
             "prefix": self.prefix,
@@ -196,6 +220,25 @@ mod tests {
         o.resume = true;
         o.overwrite = true;
         assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn dedup_modes_parse_and_exact_means_the_whole_sample() {
+        assert_eq!(DedupMode::parse("exact").unwrap(), DedupMode::Sample);
+        assert_eq!(DedupMode::parse("sample").unwrap(), DedupMode::Sample);
+        assert_eq!(DedupMode::parse("image").unwrap(), DedupMode::Image);
+        assert_eq!(DedupMode::parse("off").unwrap(), DedupMode::Off);
+        assert!(DedupMode::parse("fuzzy")
+            .unwrap_err()
+            .to_string()
+            .contains("--dedup"));
+        assert_eq!(BuildOptions::new("a", "o").dedup, DedupMode::Sample);
+        let fp = BuildOptions::new("a", "o").fingerprint(&[]);
+        assert_eq!(fp["dedup"], "sample");
+        assert_eq!(fp["input"], "a");
+        let mut two = BuildOptions::new("a", "o");
+        two.inputs.push("b".into());
+        assert_eq!(two.fingerprint(&[])["input"], json!(["a", "b"]));
     }
 
     #[test]

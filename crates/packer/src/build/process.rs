@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::image::{self, Analysis, ImageError, ImageInfo, Limits, PhashMode};
 use crate::input::{self, ImageRef, Payload, Record, Sample};
 
-use super::options::BuildOptions;
+use super::dedup;
+use super::options::{BuildOptions, DedupMode};
 
 /// Most images one sample may carry (keeps member names within the tar name limit).
 pub const MAX_IMAGES_PER_SAMPLE: usize = 999;
@@ -21,6 +22,7 @@ pub struct Ctx {
     pub limits: Limits,
     pub max_pixels: Option<u64>,
     pub max_file_bytes: u64,
+    pub dedup: DedupMode,
 }
 
 impl Ctx {
@@ -37,6 +39,7 @@ impl Ctx {
             },
             max_pixels: opts.max_pixels,
             max_file_bytes: opts.max_file_bytes,
+            dedup: opts.dedup,
         }
     }
 }
@@ -61,25 +64,8 @@ impl PreparedImage {
 pub struct Prepared {
     pub sample: Sample,
     pub images: Vec<PreparedImage>,
-}
-
-impl Prepared {
-    /// Identity of the sample's image set for exact-duplicate detection (`None` if text-only).
-    pub fn image_set_hash(&self) -> Option<[u8; 16]> {
-        match self.images.as_slice() {
-            [] => None,
-            [one] => Some(one.content),
-            many => {
-                let mut h = blake3::Hasher::new();
-                for img in many {
-                    h.update(&img.content);
-                }
-                let mut out = [0u8; 16];
-                out.copy_from_slice(&h.finalize().as_bytes()[..16]);
-                Some(out)
-            }
-        }
-    }
+    /// Exact-duplicate identity under `--dedup` (`None`: never a duplicate).
+    pub dedup_key: Option<[u8; 16]>,
 }
 
 /// A reject: a category for `stats.json` and a human reason for `rejects.jsonl`.
@@ -155,7 +141,7 @@ fn prepare(payload: Payload, root: &Path, ctx: &Ctx) -> Result<Prepared, Reject>
             Ok(img) => images.push(img),
             Err((category, why)) => {
                 let what = match r {
-                    ImageRef::File { given, .. } => format!("image {i} ({given})"),
+                    ImageRef::File { given, .. } => format!("image {i} ({})", shorten(given)),
                     ImageRef::Bytes { given: Some(g), .. } => format!("image {i} ({g})"),
                     ImageRef::Bytes { given: None, .. } => format!("image {i}"),
                 };
@@ -167,7 +153,19 @@ fn prepare(payload: Payload, root: &Path, ctx: &Ctx) -> Result<Prepared, Reject>
             }
         }
     }
-    Ok(Prepared { sample, images })
+    let dedup_key = match ctx.dedup {
+        DedupMode::Off => None,
+        DedupMode::Image => dedup::image_key(&images.iter().map(|i| i.content).collect::<Vec<_>>()),
+        DedupMode::Sample => Some(dedup::sample_key(
+            &sample,
+            images.iter().map(|i| &i.content),
+        )),
+    };
+    Ok(Prepared {
+        sample,
+        images,
+        dedup_key,
+    })
 }
 
 /// Best-effort id of a record that failed validation, so its reject can name it.
@@ -180,9 +178,46 @@ fn id_of_invalid(bytes: &[u8]) -> Option<String> {
     }
 }
 
+/// A path as shown in a reject reason: a `data:` URI can be megabytes long.
+fn shorten(given: &str) -> String {
+    const MAX: usize = 100;
+    match given.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &given[..cut]),
+        None => given.to_string(),
+    }
+}
+
+/// The scheme of a URL or `data:` URI given as an image path (`None` for a file path).
+/// `C:\x.jpg` is a path: a scheme needs `://` unless it is `data:`.
+pub fn remote_scheme(given: &str) -> Option<String> {
+    let lower = given.trim_start().to_ascii_lowercase();
+    if lower.starts_with("data:") {
+        return Some("data".into());
+    }
+    let (scheme, _) = lower.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then(|| scheme.to_string())
+}
+
 fn prepare_image(r: &ImageRef, ctx: &Ctx) -> Result<PreparedImage, (&'static str, String)> {
     let (bytes, given) = match r {
         ImageRef::File { given, resolved } => {
+            if let Some(scheme) = remote_scheme(given) {
+                let what = if scheme == "data" {
+                    "data: URIs are not decoded".to_string()
+                } else {
+                    format!("{scheme}:// URLs are not fetched")
+                };
+                return Err((
+                    "remote_image_unsupported",
+                    format!(
+                        "{what}; download the images and give local paths (or embed their \
+                         bytes in Parquet)"
+                    ),
+                ));
+            }
             (read_image_file(resolved, ctx)?, Some(given.clone()))
         }
         ImageRef::Bytes { data, given } => (data.clone(), given.clone()),
@@ -241,5 +276,44 @@ fn image_error_category(e: &ImageError) -> &'static str {
         ImageError::Corrupt { .. } => "corrupt",
         ImageError::Unsupported(_) => "unsupported",
         ImageError::Encode(_) => "reencode_failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{remote_scheme, shorten};
+
+    #[test]
+    fn urls_and_data_uris_are_remote_but_paths_are_not() {
+        for (given, scheme) in [
+            ("http://x.org/a.jpg", "http"),
+            ("HTTPS://x.org/a.jpg", "https"),
+            ("s3://bucket/a.jpg", "s3"),
+            ("gs://bucket/a.jpg", "gs"),
+            ("hf+x.y-z://repo/a.jpg", "hf+x.y-z"),
+            ("data:image/png;base64,iVBOR", "data"),
+            (" DATA:,x", "data"),
+        ] {
+            assert_eq!(remote_scheme(given).as_deref(), Some(scheme), "{given}");
+        }
+        for path in [
+            "a.jpg",
+            "/abs/a.jpg",
+            "C:\\img\\a.jpg",
+            "dir/http:/x.jpg",
+            "1x://a",
+            "data/x.jpg",
+        ] {
+            assert_eq!(remote_scheme(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn long_data_uris_are_shortened_in_reasons() {
+        let uri = format!("data:image/png;base64,{}", "A".repeat(5000));
+        let s = shorten(&uri);
+        assert_eq!(s.chars().count(), 101);
+        assert!(s.ends_with('…'));
+        assert_eq!(shorten("a.jpg"), "a.jpg");
     }
 }

@@ -16,7 +16,8 @@ pub struct Counters {
     pub samples: AtomicU64,
     pub rejects: AtomicU64,
     pub shards: AtomicU64,
-    /// Input bytes consumed (drives the bar and the ETA).
+    /// Input bytes behind the records written so far (drives the bar and the ETA): set with
+    /// `records`, by the writer, never from the reader's read-ahead.
     pub bytes: AtomicU64,
 }
 
@@ -91,20 +92,43 @@ fn spawn_log(c: Arc<Counters>, total: Option<u64>, stop: Arc<AtomicBool>) -> Joi
                 continue;
             }
             last = Instant::now();
-            let secs = t0.elapsed().as_secs_f64();
-            let rate = (c.records.load(Ordering::Relaxed) - r0) as f64 / secs.max(1e-3);
-            let done = c.bytes.load(Ordering::Relaxed);
-            let eta = match total {
-                Some(t) if done > 0 && t >= done => {
-                    format!(
-                        ", {:.0}% of input, ETA {:.0}s",
-                        100.0 * done as f64 / t as f64,
-                        secs * (t - done) as f64 / done as f64
-                    )
-                }
-                _ => String::new(),
-            };
-            eprintln!("llava-pack: {}{eta}", message(&c, rate));
+            eprintln!("{}", log_line(&c, r0, t0.elapsed().as_secs_f64(), total));
         }
     })
+}
+
+/// One `--progress log` line. The share done and the ETA come from the input bytes behind
+/// the records written (`Counters::bytes`), and this run's own rate, so a resumed job's ETA
+/// counts only what is left.
+fn log_line(c: &Counters, r0: u64, secs: f64, total: Option<u64>) -> String {
+    let rate = (c.records.load(Ordering::Relaxed) - r0) as f64 / secs.max(1e-3);
+    let done = c.bytes.load(Ordering::Relaxed);
+    let eta = match total {
+        Some(t) if done > 0 && t >= done => format!(
+            ", {:.0}% of input, ETA {:.0}s",
+            100.0 * done as f64 / t as f64,
+            secs * (t - done) as f64 / done as f64
+        ),
+        _ => String::new(),
+    };
+    format!("llava-pack: {}{eta}", message(c, rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_line_reports_the_share_of_records_written() {
+        let c = Counters::default();
+        c.records.store(510, Ordering::Relaxed);
+        c.samples.store(500, Ordering::Relaxed);
+        c.rejects.store(10, Ordering::Relaxed);
+        c.bytes.store(17_000, Ordering::Relaxed);
+        let line = log_line(&c, 0, 10.0, Some(100_000));
+        assert!(line.contains("510 records (51/s)"), "{line}");
+        assert!(line.contains("17% of input, ETA 49s"), "{line}");
+        c.bytes.store(0, Ordering::Relaxed);
+        assert!(!log_line(&c, 0, 10.0, Some(100_000)).contains("ETA"));
+    }
 }

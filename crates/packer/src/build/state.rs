@@ -1,8 +1,9 @@
 //! Durable job state: statistics, the checkpoint written after each shard, and the journal
 //! of written keys and image hashes that `--resume` replays to rebuild dedup state.
 //!
-//! Memory: the dedup table holds 16 + 8 bytes per unique image set and the key table 8 bytes
-//! per sample (plus hash-table overhead); everything else is bounded by the chunk size.
+//! Memory: the dedup table holds 16 + 8 bytes per unique dedup key (every written sample with
+//! the default `--dedup exact`, each unique image set with `--dedup image`) and the key table
+//! 8 bytes per sample (plus hash-table overhead); everything else is bounded by the chunk size.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -25,6 +26,10 @@ pub struct Stats {
     pub records: u64,
     pub samples: u64,
     pub rejects: u64,
+    /// Blank (whitespace-only) JSONL lines: skipped, not records. Input lines = records +
+    /// blank lines. Set when the job completes (absent from checkpoints of older versions).
+    #[serde(default)]
+    pub blank_lines: u64,
     pub rejects_by_reason: BTreeMap<String, u64>,
     pub kinds: BTreeMap<String, u64>,
     pub text_only_samples: u64,
@@ -168,12 +173,13 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Keys and image-set hashes of every written sample, mirrored to an append-only journal.
+/// Keys and dedup keys (`process::Prepared::dedup_key`) of every written sample, mirrored to an
+/// append-only journal.
 ///
 /// Journal entry: `flag u8 (1 = has hash)`, `[hash; 16]` if flagged, `len u16 LE`, key bytes.
 pub struct KeyTable {
     keys: HashSet<u64>,
-    /// image-set hash → journal offset of the entry of its first sample.
+    /// dedup key → journal offset of the entry of its first sample.
     seen: HashMap<[u8; 16], u64>,
     file: BufWriter<File>,
     len: u64,
@@ -243,7 +249,7 @@ impl KeyTable {
         self.keys.contains(&key_hash(key))
     }
 
-    /// The key of the first sample with this image set, if any.
+    /// The key of the first sample with this dedup key, if any.
     pub fn first_with(&mut self, hash: &[u8; 16]) -> io::Result<Option<String>> {
         let Some(&off) = self.seen.get(hash) else {
             return Ok(None);

@@ -42,7 +42,6 @@ pub struct Writer {
     prefix: String,
     shard_size: u64,
     samples_per_shard: u64,
-    dedup: bool,
     multi_file: bool,
     files: Vec<String>,
     paths: StatePaths,
@@ -83,7 +82,6 @@ impl Writer {
             prefix: opts.prefix.clone(),
             shard_size: opts.shard_size,
             samples_per_shard: opts.samples_per_shard,
-            dedup: opts.dedup == super::options::DedupMode::Exact,
             multi_file: files.len() > 1,
             files: files.iter().map(|f| f.display().to_string()).collect(),
             rejects_len: ckpt.rejects_bytes,
@@ -106,8 +104,9 @@ impl Writer {
         match processed.outcome {
             Outcome::Reject(r) => self.reject(p, r.category, &r.reason, r.id.as_deref())?,
             Outcome::Sample(prep) => {
-                let set = prep.image_set_hash();
-                if let (true, Some(h)) = (self.dedup, set) {
+                // The key is `None` with `--dedup off` (and for text-only samples with
+                // `--dedup image`): such a sample is never a duplicate.
+                if let Some(h) = prep.dedup_key {
                     let first = self.keys.first_with(&h).map_err(|e| self.jerr(e))?;
                     if let Some(first) = first {
                         let why = format!("duplicate of {first}");
@@ -116,7 +115,9 @@ impl Writer {
                 }
                 let key = self.assign_key(p, prep.sample.id.as_deref());
                 self.write_sample(p, &key, &prep)?;
-                self.keys.insert(&key, set).map_err(|e| self.jerr(e))?;
+                self.keys
+                    .insert(&key, prep.dedup_key)
+                    .map_err(|e| self.jerr(e))?;
             }
         }
         Ok(())

@@ -37,7 +37,13 @@ fn is_ws(b: u8) -> bool {
 pub(super) struct JsonlReader {
     path: PathBuf,
     reader: BufReader<Box<dyn Read + Send>>,
-    counter: Arc<AtomicU64>,
+    /// Bytes read from the file (compressed for `.zst`): the buffer reads ahead of the records.
+    raw: Arc<AtomicU64>,
+    /// Bytes the buffer was filled with (decompressed for `.zst`; the same counter as `raw`
+    /// for a plain file).
+    decoded: Arc<AtomicU64>,
+    /// Bytes of lines handed out or skipped so far (decompressed): where the records are.
+    taken: u64,
     /// Lines fully consumed so far (blank ones included).
     line_no: u64,
     done: bool,
@@ -47,41 +53,65 @@ pub(super) struct JsonlReader {
 impl JsonlReader {
     pub(super) fn open(path: &Path, zstd: bool) -> Result<Self> {
         let file = File::open(path).map_err(|e| PackError::input(path, e))?;
-        let counter = Arc::new(AtomicU64::new(0));
+        let raw = Arc::new(AtomicU64::new(0));
         let counting = Counting {
             inner: file,
-            count: counter.clone(),
+            count: raw.clone(),
         };
-        let inner: Box<dyn Read + Send> = if zstd {
-            Box::new(
-                zstd::stream::read::Decoder::new(counting)
-                    .map_err(|e| PackError::input(path, format!("zstd: {e}")))?,
-            )
-        } else {
-            Box::new(counting)
-        };
-        Ok(Self::from_reader(path, inner, counter, MAX_LINE))
+        if !zstd {
+            let inner: Box<dyn Read + Send> = Box::new(counting);
+            return Ok(Self::from_reader(path, inner, raw.clone(), raw, MAX_LINE));
+        }
+        let decoder = zstd::stream::read::Decoder::new(counting)
+            .map_err(|e| PackError::input(path, format!("zstd: {e}")))?;
+        let decoded = Arc::new(AtomicU64::new(0));
+        let inner: Box<dyn Read + Send> = Box::new(Counting {
+            inner: decoder,
+            count: decoded.clone(),
+        });
+        Ok(Self::from_reader(path, inner, raw, decoded, MAX_LINE))
     }
 
     fn from_reader(
         path: &Path,
         inner: Box<dyn Read + Send>,
-        counter: Arc<AtomicU64>,
+        raw: Arc<AtomicU64>,
+        decoded: Arc<AtomicU64>,
         max_line: usize,
     ) -> Self {
         JsonlReader {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(BUF_SIZE, inner),
-            counter,
+            raw,
+            decoded,
+            taken: 0,
             line_no: 0,
             done: false,
             max_line,
         }
     }
 
-    /// Bytes read from the file so far.
+    /// File bytes behind the records handed out (or skipped) so far, for progress. Not the
+    /// bytes read: the 4 MiB buffer reads ahead, which made a small file look done after its
+    /// first record. For `.zst` the compressed position is interpolated from the decompressed
+    /// one (exact at the end of the file).
     pub(super) fn consumed(&self) -> u64 {
-        self.counter.load(Ordering::Relaxed)
+        let raw = self.raw.load(Ordering::Relaxed);
+        let decoded = self.decoded.load(Ordering::Relaxed);
+        if decoded == 0 {
+            return 0;
+        }
+        (raw as u128 * self.taken.min(decoded) as u128 / decoded as u128) as u64
+    }
+
+    /// Physical lines read or skipped so far, blank ones included.
+    pub(super) fn lines(&self) -> u64 {
+        self.line_no
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.reader.consume(n);
+        self.taken += n as u64;
     }
 
     fn fill(&mut self) -> Result<&[u8]> {
@@ -135,7 +165,7 @@ impl JsonlReader {
                 } else {
                     line.extend_from_slice(chunk);
                 }
-                self.reader.consume(used);
+                self.consume(used);
                 if end {
                     break;
                 }
@@ -164,17 +194,20 @@ impl JsonlReader {
     }
 
     /// Skip up to `n` records (non-blank lines) without copying them; returns how many
-    /// were skipped (fewer than `n` only at the end of the file).
+    /// were skipped (fewer than `n` only at the end of the file). Lines are counted exactly
+    /// as [`Self::next_line`] counts them, a last line without a newline included.
     pub(super) fn skip(&mut self, n: u64) -> Result<u64> {
         let mut skipped = 0;
         let mut content = false;
+        // Any byte since the last newline (a last line without one still counts as a line).
+        let mut partial = false;
         while skipped < n && !self.done {
             let buf = self.fill()?;
             if buf.is_empty() {
                 self.done = true;
-                if content {
-                    skipped += 1;
+                if partial {
                     self.line_no += 1;
+                    skipped += content as u64;
                 }
                 break;
             }
@@ -183,6 +216,7 @@ impl JsonlReader {
             for (i, &b) in buf.iter().enumerate() {
                 if b == b'\n' {
                     lines += 1;
+                    partial = false;
                     if content {
                         content = false;
                         skipped += 1;
@@ -191,12 +225,13 @@ impl JsonlReader {
                             break;
                         }
                     }
-                } else if !is_ws(b) {
-                    content = true;
+                } else {
+                    partial = true;
+                    content |= !is_ws(b);
                 }
             }
             self.line_no += lines;
-            self.reader.consume(used);
+            self.consume(used);
         }
         Ok(skipped)
     }
@@ -207,8 +242,12 @@ mod tests {
     use super::*;
 
     fn reader(data: &[u8], max_line: usize) -> JsonlReader {
-        let inner: Box<dyn Read + Send> = Box::new(io::Cursor::new(data.to_vec()));
-        JsonlReader::from_reader(Path::new("t.jsonl"), inner, Arc::default(), max_line)
+        let count = Arc::new(AtomicU64::new(0));
+        let inner: Box<dyn Read + Send> = Box::new(Counting {
+            inner: io::Cursor::new(data.to_vec()),
+            count: count.clone(),
+        });
+        JsonlReader::from_reader(Path::new("t.jsonl"), inner, count.clone(), count, max_line)
     }
 
     fn all(r: &mut JsonlReader) -> Vec<(u64, String)> {
@@ -267,15 +306,38 @@ mod tests {
 
     #[test]
     fn skip_matches_reading() {
-        let data = b"a\n\nb\r\n  \nc\nd\ne";
-        for n in 0..7 {
-            let mut full = reader(data, 100);
-            let mut expected = all(&mut full);
-            let count = expected.len() as u64;
-            expected.drain(..(n as usize).min(expected.len()));
-            let mut r = reader(data, 100);
-            assert_eq!(r.skip(n).unwrap(), n.min(count), "n={n}");
-            assert_eq!(all(&mut r), expected, "n={n}");
+        for data in [&b"a\n\nb\r\n  \nc\nd\ne"[..], b"a\n\nb\n \r", b"a\n\n"] {
+            for n in 0..7 {
+                let mut full = reader(data, 100);
+                let mut expected = all(&mut full);
+                let count = expected.len() as u64;
+                expected.drain(..(n as usize).min(expected.len()));
+                let mut r = reader(data, 100);
+                assert_eq!(r.skip(n).unwrap(), n.min(count), "n={n}");
+                assert_eq!(all(&mut r), expected, "n={n}");
+                // Blank lines are counted alike however the file was consumed.
+                assert_eq!(r.lines(), full.lines(), "n={n}");
+                assert_eq!(r.consumed(), data.len() as u64, "n={n}");
+            }
         }
+        assert_eq!(reader(b"a\n\nb\n \r", 100).skip(9).unwrap(), 2);
+    }
+
+    #[test]
+    fn progress_follows_the_records_handed_out_not_the_read_ahead() {
+        // 3,000 lines fit in the 4 MiB buffer at once: the first read takes the whole file.
+        let line = b"{\"id\":\"0000\",\"caption\":\"a short caption\"}\n";
+        let data = line.repeat(3000);
+        let mut r = reader(&data, 1 << 20);
+        let mut n = 0u64;
+        while n < 510 {
+            r.next_line().unwrap().unwrap();
+            n += 1;
+        }
+        assert_eq!(r.consumed(), 510 * line.len() as u64);
+        let mut r = reader(&data, 1 << 20);
+        assert_eq!(r.skip(1500).unwrap(), 1500);
+        assert_eq!(r.consumed(), data.len() as u64 / 2);
+        assert_eq!(r.lines(), 1500);
     }
 }

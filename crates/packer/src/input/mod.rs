@@ -2,7 +2,12 @@
 //!
 //! INTERFACE CONTRACT (used by `build.rs`; keep these signatures):
 //! - [`open`] turns the `--input` argument (a file, or a glob such as `dir/*.parquet` or
-//!   `parts/*.jsonl.zst`; matches sorted lexicographically) into a [`RecordSource`].
+//!   `parts/*.jsonl.zst`; matches sorted lexicographically) into a [`RecordSource`];
+//!   [`open_all`] does the same for several `--input`s, read one after another in the order
+//!   given (a file named twice is refused: it would only produce duplicates).
+//! - A JSONL input whose first non-blank byte is `[` is a JSON array, not JSON Lines: it is
+//!   refused up front with the command that converts it, instead of every line becoming a
+//!   "malformed JSON" reject.
 //! - The reader thread only splits records; [`parse`] (JSON parse, shape detection, path
 //!   resolution) runs on worker threads. A record that cannot become a [`Sample`] yields
 //!   `Err(reason)`: a reject, never a job error.
@@ -95,13 +100,45 @@ pub trait RecordSource: Send {
     fn skip(&mut self, n: u64) -> Result<()>;
     /// Input files, in the order they are read.
     fn files(&self) -> &[PathBuf];
-    /// Bytes consumed so far and the total, for progress/ETA (compressed bytes for `.zst`).
+    /// Input bytes behind the records returned so far and the total, for progress/ETA
+    /// (compressed bytes for `.zst`, estimated until the end of each file).
     fn progress(&self) -> (u64, Option<u64>);
+    /// Physical lines (JSONL, blank ones included) or rows (Parquet) of the files finished
+    /// so far, read or skipped; at the end of the input, all of them. `lines - records` is
+    /// the number of blank lines.
+    fn lines(&self) -> u64 {
+        0
+    }
 }
 
 /// Open `--input`. `image_root` overrides the default root (each file's own folder).
 pub fn open(input: &str, image_root: Option<&Path>) -> Result<Box<dyn RecordSource>> {
-    let files = expand(input)?;
+    open_all(&[input.to_string()], image_root)
+}
+
+/// Open several `--input`s (files or globs), read one after another in the given order.
+pub fn open_all(inputs: &[String], image_root: Option<&Path>) -> Result<Box<dyn RecordSource>> {
+    if inputs.is_empty() {
+        return Err(PackError::input("", "no input given"));
+    }
+    let mut files: Vec<PathBuf> = Vec::new();
+    // Canonical path → the argument that named it, to name both in the error.
+    let mut named_by: std::collections::HashMap<PathBuf, &str> = Default::default();
+    for input in inputs {
+        for file in expand(input)? {
+            let id = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+            if let Some(first) = named_by.insert(id, input) {
+                return Err(PackError::input(
+                    &file,
+                    format!(
+                        "is named twice (by --input {first} and --input {input}); \
+                         every input file is read once"
+                    ),
+                ));
+            }
+            files.push(file);
+        }
+    }
     let mut sizes = Vec::with_capacity(files.len());
     let mut kinds = Vec::with_capacity(files.len());
     for file in &files {
@@ -113,7 +150,11 @@ pub fn open(input: &str, image_root: Option<&Path>) -> Result<Box<dyn RecordSour
             ));
         }
         sizes.push(meta.len());
-        kinds.push(FileKind::of(file)?);
+        let kind = FileKind::of(file)?;
+        if kind != FileKind::Parquet {
+            refuse_json_array(file, kind == FileKind::JsonlZstd)?;
+        }
+        kinds.push(kind);
     }
     Ok(Box::new(MultiSource {
         files,
@@ -123,8 +164,47 @@ pub fn open(input: &str, image_root: Option<&Path>) -> Result<Box<dyn RecordSour
         current: None,
         next_file: 0,
         done_bytes: 0,
+        done_lines: 0,
         next_index: 0,
     }))
+}
+
+/// Refuse a JSON array (`[{…}, {…}]`, one document): read as JSON Lines, each of its lines
+/// would be a "malformed JSON" reject. Only the first non-blank byte (after a BOM) is looked
+/// at, within the first 64 KiB.
+fn refuse_json_array(path: &Path, zstd: bool) -> Result<()> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| PackError::input(path, e))?;
+    let mut head = Vec::with_capacity(64 << 10);
+    let read = if zstd {
+        // A corrupt stream is reported when the file is read; here it just is not an array.
+        match zstd::stream::read::Decoder::new(file) {
+            Ok(d) => d.take(64 << 10).read_to_end(&mut head).map(|_| ()),
+            Err(_) => Ok(()),
+        }
+    } else {
+        file.take(64 << 10).read_to_end(&mut head).map(|_| ())
+    };
+    if read.is_err() && head.is_empty() {
+        return Ok(());
+    }
+    let body = head.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&head);
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return Ok(());
+    }
+    let name = path.display();
+    let convert = if zstd {
+        format!("zstd -dc {name} | jq -c '.[]' > corpus.jsonl")
+    } else {
+        format!("jq -c '.[]' {name} > corpus.jsonl")
+    };
+    Err(PackError::input(
+        path,
+        format!(
+            "is a JSON array; llava-pack reads JSON Lines (one JSON object per line) and does \
+             not support JSON arrays yet. Convert it with: {convert}"
+        ),
+    ))
 }
 
 /// Parse and normalise a record's JSON payload; `Err` is a reject reason.
@@ -235,6 +315,12 @@ impl FileReader {
             FileReader::Parquet(r) => r.consumed(),
         }
     }
+    fn lines(&self) -> u64 {
+        match self {
+            FileReader::Jsonl(r) => r.lines(),
+            FileReader::Parquet(r) => r.rows_read(),
+        }
+    }
 }
 
 /// Reads the matched files one after another, opening each only when it is reached.
@@ -248,6 +334,8 @@ struct MultiSource {
     next_file: usize,
     /// Sizes of the files already finished.
     done_bytes: u64,
+    /// Lines (or rows) of the files already finished.
+    done_lines: u64,
     next_index: u64,
 }
 
@@ -279,8 +367,9 @@ impl MultiSource {
     }
 
     fn finish_current(&mut self) {
-        if let Some((i, _)) = self.current.take() {
+        if let Some((i, r)) = self.current.take() {
             self.done_bytes += self.sizes[i];
+            self.done_lines += r.lines();
         }
     }
 }
@@ -345,5 +434,9 @@ impl RecordSource for MultiSource {
             None => 0,
         };
         (self.done_bytes + current, Some(self.sizes.iter().sum()))
+    }
+
+    fn lines(&self) -> u64 {
+        self.done_lines
     }
 }

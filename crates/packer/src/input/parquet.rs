@@ -89,6 +89,11 @@ impl ParquetReader {
         (self.file_size as u128 * self.pos as u128 / self.total_rows as u128) as u64
     }
 
+    /// Rows delivered or skipped so far (every row is a record: none is blank).
+    pub(super) fn rows_read(&self) -> u64 {
+        self.pos
+    }
+
     /// (Re)build the batch reader so that its first row is row `start` of the file,
     /// selecting only the row groups from there on.
     fn seek(&mut self, start: u64) -> Result<()> {
