@@ -74,6 +74,10 @@ def test_packed_settings_come_from_the_manifest(pack_dir):
 @pytest.mark.parametrize("override, message", [
     ("data.seq_len=128", "data.seq_len=128 but the pack was built with --max-len 512"),
     ("data.min_pixels=784", "data.min_pixels=784 but the pack was built with --min-pixels 3136"),
+    ("data.caption_format=chat",
+     "data.caption_format=chat but the pack was built with --caption-format pretrain"),
+    ("data.max_image_tokens=64",
+     "data.max_image_tokens=64 but the pack was built with no --max-image-tokens"),
     ("data.tokenizer=word", "data.tokenizer=word is the synthetic test tokenizer"),
     ("model.fit_tokenizer=false", "model.text.vocab_size=320 is too small for the tokenizer"),
 ])
