@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        _say("[train] aborted (second Ctrl-C): no checkpoint written for the current step")
+        _say("[train] aborted by Ctrl-C: the step in progress was not saved")
         return 130
     finally:
         _shutdown()

@@ -128,7 +128,7 @@ class MetricsLogger:
 
                     # purge_step: TensorBoard drops the events of steps being replayed
                     self.tb = SummaryWriter(str(Path(log_dir) / "tensorboard"),
-                                            purge_step=start_step + 1 if start_step else None)
+                                            purge_step=start_step + 1)
                 except Exception as e:  # pragma: no cover - tensorboard missing
                     print(f"[train] tensorboard disabled: {e}", file=sys.stderr)
         if progress == "auto":

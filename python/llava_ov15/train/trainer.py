@@ -287,6 +287,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from .data import build_source
     from .metrics import FlopCounter, MetricsLogger, device_peak_tflops
 
+    if cfg.data.kind is None or cfg.data.seq_len is None or cfg.data.tokenizer is None:
+        from .resolve import resolve_inputs  # a config loaded with resolve=False
+
+        resolve_inputs(cfg)
     ckpt.check_checkpoint_dir(cfg)
     rt = init_runtime(cfg)
     if cfg.checkpoint.overwrite and not cfg.checkpoint.resume and rt.rank == 0:
