@@ -177,7 +177,7 @@ def typed_fields(values: dict[str, Any], cls: type, prefix: str) -> dict[str, An
     out = {}
     for k, v in values.items():
         if k not in hints:
-            raise ConfigError(f"unknown config key {prefix}{k}; valid keys under {prefix}: "
+            raise ConfigError(f"unknown config key {prefix}{k}; valid keys under {prefix[:-1]}: "
                               f"{sorted(hints)}")
         tp = hints[k]
         if tp is int and isinstance(v, str):  # "1e4" from YAML 1.1

@@ -2,7 +2,7 @@
 
 One process per device (torchrun) or a single process; TP/PP/DP from `parallel_state`, megatron
 DDP (+ distributed optimizer), the megatron pipeline schedules for gradient accumulation over
-micro-batches, clipping, cosine LR with warmup, SIGTERM-safe checkpoints and exact resume.
+micro-batches, clipping, cosine LR with warmup, SIGTERM/Ctrl-C-safe checkpoints and exact resume.
 """
 
 from __future__ import annotations
