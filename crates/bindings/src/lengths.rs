@@ -105,6 +105,7 @@ impl LengthCounter {
         d.set_item("special_tokens", l.special_tokens)?;
         d.set_item("image_tokens", l.image_tokens)?;
         d.set_item("image_patches", l.image_patches)?;
+        d.set_item("image_sizes", l.image_sizes)?;
         Ok(d)
     }
 

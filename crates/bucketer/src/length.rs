@@ -65,6 +65,8 @@ pub enum LengthError {
     MissingSpecial(String),
     #[error("cannot read {path}: {message}")]
     TokenizerConfig { path: String, message: String },
+    #[error("eos token {0} is not a special (added) token of the tokenizer")]
+    EosNotSpecial(String),
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("image {index}: {source}")]
@@ -86,6 +88,9 @@ pub struct SampleLength {
     pub image_tokens: Vec<u32>,
     /// Vision-tower patches of each image (ViT cost).
     pub image_patches: Vec<u64>,
+    /// `[height, width]` each image is resized to (upright, multiples of 28): the
+    /// `image_grid_thw` of preprocessing is `[1, height/14, width/14]`.
+    pub image_sizes: Vec<[u32; 2]>,
 }
 
 impl SampleLength {
@@ -178,6 +183,15 @@ impl LengthCounter {
             image_pad: id("<|image_pad|>")?,
             eos: id(&eos)?,
         };
+        // The eos is emitted as one id; the HF tokenizer only keeps it whole in the text
+        // (`caption + eos`) when it is an added token.
+        if !tokenizer
+            .get_added_tokens_decoder()
+            .get(&ids.eos)
+            .is_some_and(|t| t.content == eos)
+        {
+            return Err(LengthError::EosNotSpecial(eos));
+        }
         template.eos_token = Some(eos);
         let pre = serde_json::to_string(&tokenizer.get_pre_tokenizer()).unwrap_or_default();
         let constant = QWEN_PRETOKENIZER_MARK
@@ -280,6 +294,7 @@ impl LengthCounter {
             special_tokens: special,
             image_tokens: grids.iter().map(|g| g.tokens).collect(),
             image_patches: grids.iter().map(|g| g.patches).collect(),
+            image_sizes: grids.iter().map(|g| [g.height, g.width]).collect(),
         })
     }
 }

@@ -46,7 +46,8 @@ def sample_length(sample: dict[str, Any] | bytes | str, tokenizer: str | os.Path
     the training string of ``caption_format`` ("pretrain" | "chat").
 
     Returns the total token count, or with ``detail=True`` the dict ``{total, text_tokens,
-    special_tokens, image_tokens: [...], image_patches: [...]}``. Raises ValueError for a
+    special_tokens, image_tokens: [...], image_patches: [...], image_sizes: [[h, w], ...]}``
+    (``image_sizes``: the upright resized size of each image). Raises ValueError for a
     sample that cannot be rendered (no text, placeholder/image mismatch, missing size).
     """
     if isinstance(sample, dict):
