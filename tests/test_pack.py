@@ -15,14 +15,16 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, tree_digest
+from llava_ov15 import _native
 from llava_ov15.data import sample_length
+from llava_ov15.data.pack_manifest import PackInfo
 from llava_ov15.data.tokenizer import qwen_tokenizer_json
 from llava_ov15.demo.corpus import CorpusSpec, write_corpus
 
 MAX_LEN = 2048
 ARGS = ["--max-len", str(MAX_LEN), "--packs-per-shard", "7", "--progress", "quiet"]
-DIGEST = ("*.tar", "*.tar.idx", "manifest.json", "rejects.jsonl", ".nv-meta/*.json",
-          ".nv-meta/*.yaml", ".nv-meta/index.uuid")
+DIGEST = ("*.tar", "*.tar.idx", "manifest.json", "rejects.jsonl", "tokenizer.json",
+          ".nv-meta/*.json", ".nv-meta/*.yaml", ".nv-meta/index.uuid")
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,7 @@ def test_every_sample_exactly_once_within_caps(shards, packed, tokenizer):
         assert r["length"] > MAX_LEN and "max_len" in r["reason"]
     assert set(seen) == set(src) and set(seen.values()) == {1}
     assert rejects, "the corpus is built to contain over-long samples"
+    assert {json.loads(m["json"])["kind"] for m in src.values()} >= {"caption", "conversations"}
     stats = json.loads((packed / "pack_stats.json").read_text())
     assert stats["packs"] == n_packs and stats["rejects"] == len(rejects)
     assert stats["samples"] + stats["rejects"] == len(src) == stats["source_samples"]
@@ -121,6 +124,45 @@ def test_every_sample_exactly_once_within_caps(shards, packed, tokenizer):
     assert manifest["kind"] == "packed" and manifest["options"]["max_len"] == MAX_LEN
     assert len(manifest["options"]["tokenizer_sha256"]) == 64
     assert sum(s["samples"] for s in manifest["shards"]) == n_packs
+
+
+def test_manifest_records_what_training_needs(shards, packed, tokenizer):
+    info = PackInfo.load(packed)
+    assert (info.caption_format, info.max_len, info.max_image_tokens) == ("pretrain", MAX_LEN, None)
+    assert (info.min_pixels, info.max_pixels) == (3136, 2_560_000)
+    assert info.eos_token == "<|im_end|>" and info.system == "You are a helpful assistant."
+    assert info.caption_prompt == "" and info.path == packed.resolve()
+    # The pack carries the tokenizer it was measured with.
+    assert info.tokenizer_file == packed.resolve() / "tokenizer.json"
+    assert info.tokenizer_file.read_bytes() == Path(tokenizer).read_bytes()
+    assert info.tokenizer_matches(tokenizer) and len(info.tokenizer_sha256) == 64
+    # A loader built from the manifest alone reproduces every recorded length.
+    st = _native.SampleTokenizer(str(info.tokenizer_file), **info.sample_tokenizer_kwargs())
+    for _, _, members, doc in packs(packed):
+        _, _, lens, _ = st.tokenize(members["json"])
+        assert lens == [s["length"] for s in doc["samples"]]
+    with pytest.raises(ValueError, match="run llava-pack pack first"):
+        PackInfo.load(shards)
+    with pytest.raises(ValueError, match="not a `llava-pack pack` output"):
+        PackInfo.load(shards.parent)
+
+
+def test_chat_caption_format_is_recorded_and_refused_on_resume(shards, packed, tokenizer,
+                                                               tmp_path):
+    out = tmp_path / "chat"
+    run_pack(shards, out, tokenizer, "--caption-format", "chat")
+    assert PackInfo.load(out).caption_format == "chat"
+    longer = 0
+    for _, _, _, doc in packs(out):
+        for s in doc["samples"]:
+            assert s["length"] == sample_length(s["sample"], tokenizer, caption_format="chat")
+            pre = sample_length(s["sample"], tokenizer)
+            longer += s["length"] > pre
+            assert s["length"] >= pre
+    assert longer > 0
+    p = run_cli("pack", "--input", str(shards), "--output", str(packed), "--tokenizer", tokenizer,
+                *ARGS, "--caption-format", "chat", "--resume", check=False)
+    assert p.returncode == 1 and "different input or options" in p.stderr
 
 
 def test_tar_idx_matches_members(packed):

@@ -74,9 +74,12 @@ class PackInfo:
             raise ValueError(f"{mpath}: unreadable manifest ({e})") from None
         if not isinstance(manifest, dict):
             raise ValueError(f"{mpath}: manifest is not a JSON object")
-        if manifest.get("kind") != "packed":
-            raise ValueError(f"{root} holds built shards, not packs (manifest kind "
-                             f"{manifest.get('kind')!r}): run llava-pack pack first, e.g. "
+        kind = manifest.get("kind")
+        if kind != "packed":
+            # Built shards' manifests carry no kind (docs/format.md §8).
+            what = "built shards (a `llava-pack build` output)" if kind is None else \
+                f"a manifest of kind {kind!r}"
+            raise ValueError(f"{root} holds {what}, not packs: run llava-pack pack first, e.g. "
                              f"`llava-pack pack --input {root} --output packed/`")
         opts = manifest.get("options")
         if not isinstance(opts, dict):
