@@ -112,6 +112,8 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
     let mut writer = Writer::open(opts, &files, ckpt)?;
     let counters = Arc::new(progress::Counters::default());
     counters.records.store(resumed_from, Ordering::Relaxed);
+    // Skipped on resume: done before this run, so not part of its rate or ETA.
+    counters.bytes.store(source.progress().0, Ordering::Relaxed);
     let reporter = progress::Reporter::start(opts.progress, counters.clone(), source.progress().1);
 
     // Chunks in flight (being processed, or done and waiting for the writer); the writer

@@ -85,6 +85,7 @@ fn spawn_log(c: Arc<Counters>, total: Option<u64>, stop: Arc<AtomicBool>) -> Joi
     std::thread::spawn(move || {
         let t0 = Instant::now();
         let r0 = c.records.load(Ordering::Relaxed);
+        let b0 = c.bytes.load(Ordering::Relaxed);
         let mut last = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
@@ -92,22 +93,26 @@ fn spawn_log(c: Arc<Counters>, total: Option<u64>, stop: Arc<AtomicBool>) -> Joi
                 continue;
             }
             last = Instant::now();
-            eprintln!("{}", log_line(&c, r0, t0.elapsed().as_secs_f64(), total));
+            eprintln!(
+                "{}",
+                log_line(&c, (r0, b0), t0.elapsed().as_secs_f64(), total)
+            );
         }
     })
 }
 
 /// One `--progress log` line. The share done and the ETA come from the input bytes behind
-/// the records written (`Counters::bytes`), and this run's own rate, so a resumed job's ETA
-/// counts only what is left.
-fn log_line(c: &Counters, r0: u64, secs: f64, total: Option<u64>) -> String {
+/// the records written (`Counters::bytes`); the rate and ETA from this run's own progress
+/// since `(records, bytes)` = `start`, so a resumed job's skipped records do not count.
+fn log_line(c: &Counters, start: (u64, u64), secs: f64, total: Option<u64>) -> String {
+    let (r0, b0) = start;
     let rate = (c.records.load(Ordering::Relaxed) - r0) as f64 / secs.max(1e-3);
     let done = c.bytes.load(Ordering::Relaxed);
     let eta = match total {
-        Some(t) if done > 0 && t >= done => format!(
+        Some(t) if done > b0 && t >= done => format!(
             ", {:.0}% of input, ETA {:.0}s",
             100.0 * done as f64 / t as f64,
-            secs * (t - done) as f64 / done as f64
+            secs * (t - done) as f64 / (done - b0) as f64
         ),
         _ => String::new(),
     };
@@ -125,10 +130,14 @@ mod tests {
         c.samples.store(500, Ordering::Relaxed);
         c.rejects.store(10, Ordering::Relaxed);
         c.bytes.store(17_000, Ordering::Relaxed);
-        let line = log_line(&c, 0, 10.0, Some(100_000));
+        let line = log_line(&c, (0, 0), 10.0, Some(100_000));
         assert!(line.contains("510 records (51/s)"), "{line}");
         assert!(line.contains("17% of input, ETA 49s"), "{line}");
+        // Resumed after 10 records / 7,000 bytes: only this run's 10,000 bytes in 10 s count.
+        let line = log_line(&c, (10, 7_000), 10.0, Some(100_000));
+        assert!(line.contains("510 records (50/s)"), "{line}");
+        assert!(line.contains("17% of input, ETA 83s"), "{line}");
         c.bytes.store(0, Ordering::Relaxed);
-        assert!(!log_line(&c, 0, 10.0, Some(100_000)).contains("ETA"));
+        assert!(!log_line(&c, (0, 0), 10.0, Some(100_000)).contains("ETA"));
     }
 }
