@@ -25,8 +25,7 @@ TOP_REASONS = 3
 # Hints for reasons whose fix is an option rather than the data.
 _HINTS = {
     "duplicate": "--dedup image|off changes what counts as a duplicate",
-    "remote_image_unsupported": "download the images and give local paths",
-    "missing_file": "relative paths resolve against --image-root (default: the input's folder)",
+    "missing_file": "relative paths resolve against --image-root, by default the input's folder",
     "longer than max_len": "raise --max-len",
     "more image tokens than max_image_tokens": "raise --max-image-tokens or lower --max-pixels",
 }
@@ -84,7 +83,7 @@ def _reasons(by_reason: dict[str, int], examples: dict[str, dict], show) -> list
         if cat in examples:
             line += f", e.g. {show(examples[cat])}"
         if cat in _HINTS:
-            line += f" ({_HINTS[cat]})"
+            line += f" [hint: {_HINTS[cat]}]"
         lines.append(line)
     return lines
 
