@@ -107,3 +107,11 @@ def test_blank_lines_are_counted_so_lines_equal_samples_rejects_and_blanks(tmp_p
     assert stats["blank_lines"] == 4 == manifest["totals"]["blank_lines"]
     assert stats["samples"] + stats["rejects"] + stats["blank_lines"] == lines == 9
     assert stats["records"] == 5
+
+
+@pytest.mark.parametrize("command", ["pack", "buckets"])
+def test_pack_and_buckets_refuse_a_repeated_input(tmp_path, command):
+    p = run_cli(command, "--input", str(tmp_path / "a"), "--input", str(tmp_path / "b"),
+                "--output", str(tmp_path / "o"), check=False)
+    assert p.returncode == 2 and "--input given twice" in p.stderr
+    assert not (tmp_path / "o").exists()

@@ -54,6 +54,15 @@ def parse_count(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
+class _Once(argparse.Action):
+    """An option that reads one directory: repeating it is an error, not "the last one wins"."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice; this command reads one shard directory")
+        setattr(namespace, self.dest, values)
+
+
 def _rate(text: str) -> float:
     try:
         return parse_rate(text)
@@ -217,7 +226,8 @@ def _pack_parser(sub: argparse._SubParsersAction) -> None:
         "tokens, and write packed shards (one tar sample per pack) with .tar.idx, .nv-meta/, "
         "manifest.json, pack_stats.json and rejects.jsonl.",
     )
-    p.add_argument("--input", required=True, help="directory of shards from `llava-pack build`")
+    p.add_argument("--input", required=True, action=_Once,
+                   help="directory of shards from `llava-pack build`")
     p.add_argument("--output", required=True, help="output directory (empty or a previous pack)")
     _tokenizer_arg(p)
     p.add_argument("--max-len", type=parse_count, default=8192, help="pack capacity in tokens")
@@ -278,7 +288,8 @@ def _buckets_parser(sub: argparse._SubParsersAction) -> None:
         description="Write buckets.json (aspect-ratio × token-count buckets, distributions) and "
         "PNG histograms (aspect ratios, native sizes, token counts, buckets).",
     )
-    p.add_argument("--input", required=True, help="directory of shards from `llava-pack build`")
+    p.add_argument("--input", required=True, action=_Once,
+                   help="directory of shards from `llava-pack build`")
     p.add_argument("--output", help="report directory (default: the input directory)")
     _tokenizer_arg(p)
     p.add_argument("--workers", type=int, default=0, help="worker threads (default: all cores)")
