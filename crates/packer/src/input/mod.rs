@@ -192,7 +192,7 @@ fn refuse_json_array(path: &Path, zstd: bool) -> Result<()> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
         return Ok(());
     }
-    let name = path.display();
+    let name = shell_quote(&path.display().to_string());
     let convert = if zstd {
         format!("zstd -dc {name} | jq -c '.[]' > corpus.jsonl")
     } else {
@@ -205,6 +205,18 @@ fn refuse_json_array(path: &Path, zstd: bool) -> Result<()> {
              not support JSON arrays yet. Convert it with: {convert}"
         ),
     ))
+}
+
+/// `s` as one shell word, so a suggested command can be pasted as it is.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// Parse and normalise a record's JSON payload; `Err` is a reject reason.
@@ -438,5 +450,17 @@ impl RecordSource for MultiSource {
 
     fn lines(&self) -> u64 {
         self.done_lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn suggested_commands_quote_paths_for_the_shell() {
+        assert_eq!(shell_quote("/data/in.json"), "/data/in.json");
+        assert_eq!(shell_quote("my data/in.json"), "'my data/in.json'");
+        assert_eq!(shell_quote("it's.json"), r"'it'\''s.json'");
     }
 }
