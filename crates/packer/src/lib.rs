@@ -16,6 +16,7 @@
 //! The on-disk format is documented in `docs/format.md` and versioned by [`FORMAT_VERSION`].
 
 pub mod build;
+pub mod dedup;
 pub mod error;
 pub mod image;
 pub mod input;
