@@ -37,7 +37,12 @@ fn clustered(n: usize, spread: u32, seed: u64) -> Vec<u64> {
 fn check(hashes: &[u64], d: u32) {
     let got = near_duplicates(hashes, d, None).unwrap();
     let want = brute_force(hashes, d);
-    assert_eq!(got.len(), want.len(), "pair count, d={d}, n={}", hashes.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "pair count, d={d}, n={}",
+        hashes.len()
+    );
     assert_eq!(got, want, "d={d}");
 }
 
@@ -129,12 +134,19 @@ fn large_sets_match_brute_force() {
 #[test]
 #[ignore]
 fn speed() {
-    let n: usize = std::env::var("DEDUP_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = std::env::var("DEDUP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     for d in [4, 8, 12] {
         for (name, h) in [("random", random(n, 1)), ("clustered", clustered(n, 4, 2))] {
             let t = std::time::Instant::now();
             let got = near_duplicates(&h, d, None).unwrap();
-            eprintln!("{name} n={n} d={d}: {} pairs in {:?}", got.len(), t.elapsed());
+            eprintln!(
+                "{name} n={n} d={d}: {} pairs in {:?}",
+                got.len(),
+                t.elapsed()
+            );
         }
     }
 }

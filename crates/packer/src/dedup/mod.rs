@@ -1,9 +1,16 @@
-//! `llava-pack dedup`: near-duplicate removal over the perceptual hashes a build recorded.
+//! `llava-pack dedup`: near-duplicate removal and decontamination over the perceptual hashes a
+//! build recorded (see `docs/format.md` §12 for the output files).
 //!
 //! - [`search`]: exact Hamming range search (every pair within `d`, multi-index hashing).
 //! - [`cluster`]: union-find components and the deterministic keeper rule.
+//! - [`corpus`]: the hashes of a build output, from its index and per-sample json only.
+//! - [`job`]: the job itself and its all-or-nothing outputs.
 
 pub mod cluster;
+pub mod corpus;
+pub mod job;
 pub mod search;
 
+pub use cluster::{KeepRule, UnionFind};
+pub use job::{dedup, DedupOptions, DedupSummary, MultiImage, Reference, DEFAULT_MAX_DISTANCE};
 pub use search::{near_duplicates, Pair, SearchError, MAX_DISTANCE};

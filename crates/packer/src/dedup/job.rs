@@ -1,0 +1,470 @@
+//! The `llava-pack dedup` job: read hashes → search → clusters and keepers → contamination →
+//! `drop.txt`, `clusters.jsonl`, `contamination.jsonl`, `dedup_stats.json` (all or nothing).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::cluster::{KeepRule, UnionFind};
+use super::corpus::Corpus;
+use super::search::{search_distinct, Distinct, SearchError, MAX_DISTANCE};
+use crate::build::Progress;
+use crate::error::{PackError, Result};
+
+/// When a multi-image sample counts as a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MultiImage {
+    /// Dropped when any of its images is a non-keeper duplicate of another sample's image.
+    #[default]
+    Any,
+    /// Dropped only when every hashed image is.
+    All,
+}
+
+impl std::str::FromStr for MultiImage {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "any" => Ok(MultiImage::Any),
+            "all" => Ok(MultiImage::All),
+            _ => Err(format!("--multi-image must be any or all, not {s:?}")),
+        }
+    }
+}
+
+/// A hash to decontaminate against (a benchmark image), with where it came from.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub hash: u64,
+    /// Benchmark name (or the `--against` directory).
+    pub source: String,
+    /// Benchmark row (a number) or the other corpus's sample key.
+    pub row: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct DedupOptions {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub max_distance: u32,
+    pub keep: KeepRule,
+    pub multi_image: MultiImage,
+    /// Other build outputs: a training sample within the distance of any of their images is
+    /// dropped (dedup a new corpus against an old one).
+    pub against: Vec<PathBuf>,
+    /// Hashes of evaluation images (computed by the caller from the benchmark parquet).
+    pub references: Vec<Reference>,
+    pub overwrite: bool,
+    pub progress: Progress,
+}
+
+impl DedupOptions {
+    pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
+        DedupOptions {
+            input: input.into(),
+            output: output.into(),
+            max_distance: DEFAULT_MAX_DISTANCE,
+            keep: KeepRule::Largest,
+            multi_image: MultiImage::Any,
+            against: Vec::new(),
+            references: Vec::new(),
+            overwrite: false,
+            progress: Progress::Auto,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.max_distance > MAX_DISTANCE {
+            return Err(PackError::InvalidOption(format!(
+                "--max-distance must be in 0..={MAX_DISTANCE}, not {}",
+                self.max_distance
+            )));
+        }
+        if self.output.exists() && !self.overwrite {
+            return Err(PackError::output(
+                &self.output,
+                "already exists; pass --overwrite to replace its dedup files",
+            ));
+        }
+        if self.output.exists() && !self.output.is_dir() {
+            return Err(PackError::output(
+                &self.output,
+                "exists and is not a directory",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Default `--max-distance` (see the calibration table in the README).
+pub const DEFAULT_MAX_DISTANCE: u32 = 8;
+
+/// `dedup_stats.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DedupSummary {
+    pub samples: u64,
+    pub images: u64,
+    pub hashed_images: u64,
+    /// Images without a hash (`phash: null`), not compared.
+    pub skipped_no_hash: u64,
+    pub distinct_hashes: u64,
+    /// Training image pairs within the distance (pairs of equal hashes included).
+    pub pairs: u64,
+    pub clusters: u64,
+    pub clustered_images: u64,
+    /// Clusters whose keeper's sample is dropped anyway (another of its images is a
+    /// duplicate, or it is contaminated): none of the cluster's samples survives.
+    pub clusters_without_survivor: u64,
+    pub contaminated_images: u64,
+    pub reference_images: u64,
+    pub dropped: BTreeMap<String, u64>,
+    pub kept_samples: u64,
+    /// `histogram[d]`: training image pairs at Hamming distance `d`.
+    pub distance_histogram: Vec<u64>,
+    pub max_distance: u32,
+    pub keep: String,
+    pub multi_image: String,
+    pub seconds: f64,
+}
+
+fn say(progress: Progress, msg: impl std::fmt::Display) {
+    if progress != Progress::Quiet {
+        eprintln!("llava-pack dedup: {msg}");
+    }
+}
+
+fn search_err(e: SearchError) -> PackError {
+    match e {
+        SearchError::Cancelled => PackError::Cancelled,
+        SearchError::Distance(_) => PackError::InvalidOption(e.to_string()),
+        SearchError::TooMany(_) => PackError::InvalidOption(e.to_string()),
+    }
+}
+
+/// Run a dedup job (see the module docs); returns what `dedup_stats.json` holds.
+pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
+    o.validate()?;
+    let t0 = Instant::now();
+    let corpus = Corpus::read(&o.input, "--input", cancel)?;
+    say(
+        o.progress,
+        format_args!(
+            "read {} samples, {} images from {} shards ({:.1}s)",
+            corpus.samples.len(),
+            corpus.images(),
+            corpus.shards.len(),
+            t0.elapsed().as_secs_f64()
+        ),
+    );
+    let mut refs: Vec<Reference> = o.references.clone();
+    for dir in &o.against {
+        let other = Corpus::read(dir, "--against", cancel)?;
+        let label = dir.display().to_string();
+        for (img, h) in other.hash.iter().enumerate() {
+            if let Some(h) = h {
+                let s = &other.samples[other.sample_of[img] as usize];
+                refs.push(Reference {
+                    hash: *h,
+                    source: label.clone(),
+                    row: json!(s.key),
+                });
+            }
+        }
+        say(
+            o.progress,
+            format_args!("--against {label}: {} images", other.images()),
+        );
+    }
+
+    // Training images with a hash, then the references, in one search.
+    let hashed: Vec<u32> = (0..corpus.images() as u32)
+        .filter(|&i| corpus.hash[i as usize].is_some())
+        .collect();
+    let mut all: Vec<u64> = hashed
+        .iter()
+        .map(|&i| corpus.hash[i as usize].expect("filtered"))
+        .collect();
+    all.extend(refs.iter().map(|r| r.hash));
+    let n_train = hashed.len();
+    let t1 = Instant::now();
+    let distinct = Distinct::new(&all).map_err(search_err)?;
+    let pairs =
+        search_distinct(&distinct.values, o.max_distance, Some(cancel)).map_err(search_err)?;
+    say(
+        o.progress,
+        format_args!(
+            "{} distinct hashes, {} pairs of distinct hashes within {} ({:.1}s)",
+            distinct.values.len(),
+            pairs.len(),
+            o.max_distance,
+            t1.elapsed().as_secs_f64()
+        ),
+    );
+
+    // Union training images; note each training image's closest reference.
+    let d = o.max_distance as usize;
+    let mut hist = vec![0u64; d + 1];
+    let mut uf = UnionFind::new(corpus.images());
+    let mut contam: Vec<Option<(u8, u32)>> = vec![None; corpus.images()];
+    let split = |u: usize| {
+        let m = distinct.members(u);
+        // Members are ascending, so training positions (< n_train) come first.
+        let t = m.partition_point(|&x| (x as usize) < n_train);
+        (&m[..t], &m[t..])
+    };
+    let note = |img: u32, dist: u8, r: u32, contam: &mut [Option<(u8, u32)>]| {
+        let slot = &mut contam[img as usize];
+        let better = match *slot {
+            None => true,
+            Some(old) => (dist, r) < old,
+        };
+        if better {
+            *slot = Some((dist, r));
+        }
+    };
+    let mut distinct_train = 0u64;
+    for u in 0..distinct.values.len() {
+        let (train, rf) = split(u);
+        let t = train.len() as u64;
+        distinct_train += u64::from(t > 0);
+        hist[0] += t * t.saturating_sub(1) / 2;
+        for w in train.windows(2) {
+            uf.union(hashed[w[0] as usize], hashed[w[1] as usize]);
+        }
+        if let Some(&r) = rf.first() {
+            for &x in train {
+                note(hashed[x as usize], 0, r - n_train as u32, &mut contam);
+            }
+        }
+    }
+    for p in &pairs {
+        let (ta, ra) = split(p.i as usize);
+        let (tb, rb) = split(p.j as usize);
+        hist[p.distance as usize] += ta.len() as u64 * tb.len() as u64;
+        if let (Some(&x), Some(&y)) = (ta.first(), tb.first()) {
+            uf.union(hashed[x as usize], hashed[y as usize]);
+        }
+        for (train, rf) in [(ta, rb), (tb, ra)] {
+            if let Some(&r) = rf.first() {
+                for &x in train {
+                    note(
+                        hashed[x as usize],
+                        p.distance,
+                        r - n_train as u32,
+                        &mut contam,
+                    );
+                }
+            }
+        }
+    }
+    drop(pairs);
+    drop(distinct);
+
+    // Contamination first: those samples go whatever the keeper rule says.
+    let ns = corpus.samples.len();
+    let mut reason: Vec<Option<String>> = vec![None; ns];
+    let mut contamination = Vec::new();
+    for (img, c) in contam.iter().enumerate() {
+        if let Some((dist, r)) = *c {
+            let s = corpus.sample_of[img] as usize;
+            let info = &corpus.samples[s];
+            let rf = &refs[r as usize];
+            let row = match &rf.row {
+                Value::String(k) => k.clone(),
+                v => v.to_string(),
+            };
+            if reason[s].is_none() {
+                reason[s] = Some(format!("contaminates {} row {row}", rf.source));
+            }
+            contamination.push(json!({
+                "key": info.key,
+                "shard": corpus.shards[info.shard as usize],
+                "image": img as u32 - info.first_image,
+                "benchmark": rf.source,
+                "row": rf.row,
+                "distance": dist,
+            }));
+        }
+    }
+    let contaminated_samples = reason.iter().filter(|r| r.is_some()).count() as u64;
+
+    // Clusters and keepers.
+    let clusters = uf.clusters();
+    let mut hits = vec![0u16; ns];
+    let mut hit_by: Vec<Option<u32>> = vec![None; ns];
+    let mut keepers = Vec::with_capacity(clusters.len());
+    for members in &clusters {
+        let k = o.keep.pick(members, |i| corpus.pixels[i as usize]);
+        let ks = corpus.sample_of[k as usize];
+        for &m in members {
+            let s = corpus.sample_of[m as usize];
+            if m != k && s != ks {
+                hits[s as usize] += 1;
+                hit_by[s as usize].get_or_insert(k);
+            }
+        }
+        keepers.push(k);
+    }
+    let mut dup_samples = 0u64;
+    for s in 0..ns {
+        let info = &corpus.samples[s];
+        let hashed_images = (0..info.images as usize)
+            .filter(|&n| corpus.hash[info.first_image as usize + n].is_some())
+            .count();
+        let dup = match o.multi_image {
+            MultiImage::Any => hits[s] > 0,
+            MultiImage::All => hits[s] > 0 && hits[s] as usize >= hashed_images,
+        };
+        if dup && reason[s].is_none() {
+            let k = hit_by[s].expect("a hit names its keeper");
+            let kkey = &corpus.samples[corpus.sample_of[k as usize] as usize].key;
+            reason[s] = Some(format!("near-duplicate of {kkey}"));
+            dup_samples += 1;
+        }
+    }
+
+    // clusters.jsonl
+    let hash = |i: u32| corpus.hash[i as usize].expect("clustered images are hashed");
+    let mut clusters_out = Vec::new();
+    let mut without_survivor = 0u64;
+    for (id, (members, &k)) in clusters.iter().zip(&keepers).enumerate() {
+        let ks = corpus.sample_of[k as usize] as usize;
+        if reason[ks].is_some() {
+            without_survivor += 1;
+        }
+        let rows: Vec<Value> = members
+            .iter()
+            .map(|&m| {
+                let s = corpus.sample_of[m as usize] as usize;
+                let info = &corpus.samples[s];
+                let why = if m == k {
+                    o.keep.name().to_string()
+                } else if s == ks {
+                    "same sample as the keeper".into()
+                } else {
+                    "duplicate".into()
+                };
+                json!({
+                    "key": info.key,
+                    "shard": corpus.shards[info.shard as usize],
+                    "image": m - info.first_image,
+                    "pixels": corpus.pixels[m as usize],
+                    "phash": format!("{:016x}", hash(m)),
+                    "distance": (hash(m) ^ hash(k)).count_ones(),
+                    "kept": m == k,
+                    "why": why,
+                    "sample_dropped": reason[s].is_some(),
+                })
+            })
+            .collect();
+        clusters_out.push(json!({
+            "cluster": id,
+            "size": members.len(),
+            "keeper": corpus.samples[ks].key,
+            "members": rows,
+        }));
+    }
+
+    let mut drop_lines: Vec<(&str, &str)> = (0..ns)
+        .filter_map(|s| {
+            reason[s]
+                .as_deref()
+                .map(|r| (corpus.samples[s].key.as_str(), r))
+        })
+        .collect();
+    drop_lines.sort_unstable();
+    let mut dropped = BTreeMap::new();
+    dropped.insert("near_duplicate".to_string(), dup_samples);
+    dropped.insert("contamination".to_string(), contaminated_samples);
+    let summary = DedupSummary {
+        samples: ns as u64,
+        images: corpus.images() as u64,
+        hashed_images: n_train as u64,
+        skipped_no_hash: (corpus.images() - n_train) as u64,
+        distinct_hashes: distinct_train,
+        pairs: hist.iter().sum(),
+        clusters: clusters.len() as u64,
+        clustered_images: clusters.iter().map(|c| c.len() as u64).sum(),
+        clusters_without_survivor: without_survivor,
+        contaminated_images: contamination.len() as u64,
+        reference_images: refs.len() as u64,
+        dropped,
+        kept_samples: ns as u64 - drop_lines.len() as u64,
+        distance_histogram: hist,
+        max_distance: o.max_distance,
+        keep: o.keep.name().into(),
+        multi_image: match o.multi_image {
+            MultiImage::Any => "any".into(),
+            MultiImage::All => "all".into(),
+        },
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let mut drop_txt = Vec::new();
+    for (key, why) in &drop_lines {
+        writeln!(drop_txt, "{key}\t{why}").expect("write to Vec");
+    }
+    let jsonl = |rows: &[Value]| {
+        let mut b = Vec::new();
+        for r in rows {
+            serde_json::to_writer(&mut b, r).expect("JSON values serialise");
+            b.push(b'\n');
+        }
+        b
+    };
+    let mut stats = serde_json::to_vec_pretty(&summary).expect("summary serialises");
+    stats.push(b'\n');
+    write_all_or_nothing(
+        &o.output,
+        &[
+            ("drop.txt", drop_txt),
+            ("clusters.jsonl", jsonl(&clusters_out)),
+            ("contamination.jsonl", jsonl(&contamination)),
+            ("dedup_stats.json", stats),
+        ],
+    )?;
+    say(
+        o.progress,
+        format_args!(
+            "{} clusters, dropped {} near-duplicate and {} contaminated samples of {}; wrote {} \
+             ({:.1}s)",
+            summary.clusters,
+            dup_samples,
+            contaminated_samples,
+            ns,
+            o.output.display(),
+            summary.seconds
+        ),
+    );
+    Ok(summary)
+}
+
+/// Write every file as `{name}.tmp` first (fsynced), then rename them all: a failure before the
+/// renames leaves no new output file, and no reader ever sees a partial one.
+fn write_all_or_nothing(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    let out_err = |p: &Path, e: std::io::Error| PackError::output(p, e);
+    std::fs::create_dir_all(dir).map_err(|e| out_err(dir, e))?;
+    let tmp = |name: &str| dir.join(format!("{name}.tmp"));
+    for (name, data) in files {
+        let p = tmp(name);
+        let res = (|| {
+            let mut f = std::fs::File::create(&p)?;
+            f.write_all(data)?;
+            f.sync_all()
+        })();
+        if let Err(e) = res {
+            for (n, _) in files {
+                let _ = std::fs::remove_file(tmp(n));
+            }
+            return Err(out_err(&p, e));
+        }
+    }
+    for (name, _) in files {
+        std::fs::rename(tmp(name), dir.join(name)).map_err(|e| out_err(&dir.join(name), e))?;
+    }
+    crate::shard::sync_dir(dir).map_err(|e| out_err(dir, e))
+}
