@@ -9,6 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 mod build;
+mod dedup;
 mod image;
 mod lengths;
 mod loader;
@@ -118,5 +119,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     image::register(m)?;
     pack::register(m)?;
     loader::register(m)?;
+    dedup::register(m)?;
     Ok(())
 }
