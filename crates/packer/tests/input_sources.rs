@@ -427,7 +427,7 @@ fn literal_path_with_glob_characters() {
 }
 
 #[test]
-fn json_array_input_is_refused_with_the_conversion_command() {
+fn json_array_elements_are_records_with_their_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let array = b"\xef\xbb\xbf \n [\n  {\"id\": \"a\", \"image\": \"a.jpg\", \"caption\": \"one\"},\n  {\"id\": \"b\"}\n]\n";
     let plain = dir.path().join("corpus.json");
@@ -436,25 +436,61 @@ fn json_array_input_is_refused_with_the_conversion_command() {
     write_zst(&zst, array);
     let sniffed = dir.path().join("corpus.data");
     fs::write(&sniffed, array).unwrap();
-    for (path, command) in [
-        (&plain, "jq -c '.[]'"),
-        (&zst, "zstd -dc"),
-        (&sniffed, "jq -c '.[]'"),
-    ] {
-        match input::open(path.to_str().unwrap(), None) {
-            Err(PackError::Input { path: p, message }) => {
-                assert_eq!(&p, path);
-                assert!(message.contains("JSON array"), "{message}");
-                assert!(message.contains("not support"), "{message}");
-                assert!(message.contains(command), "{message}");
-            }
-            other => panic!("{}: {:?}", path.display(), other.map(|_| ())),
+    let first = r#"{"id": "a", "image": "a.jpg", "caption": "one"}"#;
+    let expected = vec![
+        (0, 0, 0, format!("json:{first}")),
+        (1, 1, 0, r#"json:{"id": "b"}"#.to_string()),
+    ];
+    for path in [&plain, &zst, &sniffed] {
+        let mut src = open(path);
+        let mut offsets = Vec::new();
+        let mut rows = Vec::new();
+        while let Some(rec) = src.next_record() {
+            let rec = rec.unwrap();
+            offsets.push(rec.offset.expect("array elements carry their offset"));
+            rows.push(describe(rec));
         }
+        assert_eq!(rows, expected, "{}", path.display());
+        // Offsets are in the decompressed file: where each element's text starts.
+        assert_eq!(offsets, [10, 61], "{}", path.display());
+        assert_eq!(&array[10..10 + first.len()], first.as_bytes());
+        // An array has no blank lines: lines() counts its elements.
+        assert_eq!(src.lines(), 2);
+        assert_eq!(src.progress().0, fs::metadata(path).unwrap().len());
+        // Resume skips elements exactly as reading them does.
+        let mut src = open(path);
+        src.skip(1).unwrap();
+        assert_eq!(read_all(&mut *src), expected[1..]);
+        assert!(matches!(open(path).skip(3), Err(PackError::Input { .. })));
     }
-    // One object per line is JSON Lines, whatever the extension.
+    // One object per line is JSON Lines, whatever the extension; its records have no offset.
     let lines = dir.path().join("lines.json");
     fs::write(&lines, JSONL).unwrap();
-    assert_eq!(read_all(&mut *open(&lines)).len(), 4);
+    let mut src = open(&lines);
+    let rec = src.next_record().unwrap().unwrap();
+    assert_eq!(rec.offset, None);
+    assert_eq!(read_all(&mut *src).len(), 3);
+}
+
+#[test]
+fn a_pretty_printed_top_level_object_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = b"{\n  \"data\": [\n    {\"id\": \"a\", \"caption\": \"x\"}\n  ]\n}\n";
+    for name in ["doc.json", "doc.json.zst"] {
+        let path = dir.path().join(name);
+        if name.ends_with(".zst") {
+            write_zst(&path, doc);
+        } else {
+            fs::write(&path, doc).unwrap();
+        }
+        match input::open(path.to_str().unwrap(), None) {
+            Err(PackError::Input { message, .. }) => {
+                assert!(message.contains("one JSON object"), "{message}");
+                assert!(message.contains("jq -c '.KEY[]'"), "{message}");
+            }
+            other => panic!("{name}: {:?}", other.map(|_| ())),
+        }
+    }
 }
 
 #[test]

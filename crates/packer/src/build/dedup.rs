@@ -51,6 +51,16 @@ pub fn sample_key<'a>(
                 put(b't', &normalise(str_of_value(turn, "value")));
             }
         }
+        SampleKind::Instruction => {
+            if let Some(system) = f.get("system").and_then(Value::as_str) {
+                put(b'r', "system");
+                put(b't', &normalise(system));
+            }
+            put(b'r', "user");
+            put(b't', &normalise(str_of(f, "instruction")));
+            put(b'r', "assistant");
+            put(b't', &normalise(str_of(f, "response")));
+        }
         SampleKind::Messages => {
             for msg in list_of(f, "messages") {
                 put(b'r', role(str_of_value(msg, "role")));

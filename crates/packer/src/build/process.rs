@@ -85,6 +85,8 @@ pub enum Outcome {
 pub struct Pos {
     pub index: u64,
     pub line: u64,
+    /// Byte offset of a JSON array element (see [`Record::offset`]).
+    pub offset: Option<u64>,
     pub file: usize,
 }
 
@@ -103,6 +105,7 @@ pub fn process(rec: Record, ctx: &Ctx) -> Processed {
         pos: Pos {
             index: rec.index,
             line: rec.line,
+            offset: rec.offset,
             file: rec.file,
         },
         outcome,

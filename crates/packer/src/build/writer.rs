@@ -128,7 +128,7 @@ impl Writer {
     }
 
     fn reject(&mut self, p: &Pos, category: &str, reason: &str, id: Option<&str>) -> Result<()> {
-        let line = json!({
+        let mut line = json!({
             "index": p.index,
             "file": self.files[p.file],
             "line": p.line,
@@ -136,6 +136,11 @@ impl Writer {
             "category": category,
             "reason": reason,
         });
+        if let Some(offset) = p.offset {
+            // A JSON array element: `line` is its 0-based number; both named explicitly.
+            line["element"] = json!(p.line);
+            line["offset"] = json!(offset);
+        }
         let mut s = line.to_string();
         s.push('\n');
         self.rejects

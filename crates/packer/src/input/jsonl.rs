@@ -16,9 +16,9 @@ pub const TOO_LONG: &str = "line longer than 64 MiB";
 const BUF_SIZE: usize = 4 << 20;
 
 /// Counts the bytes read from the underlying file (compressed bytes for `.zst`).
-struct Counting<R> {
-    inner: R,
-    count: Arc<AtomicU64>,
+pub(super) struct Counting<R> {
+    pub(super) inner: R,
+    pub(super) count: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counting<R> {

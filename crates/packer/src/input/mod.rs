@@ -5,24 +5,29 @@
 //!   `parts/*.jsonl.zst`; matches sorted lexicographically) into a [`RecordSource`];
 //!   [`open_all`] does the same for several `--input`s, read one after another in the order
 //!   given (a file named twice is refused: it would only produce duplicates).
-//! - A JSONL input whose first non-blank byte is `[` is a JSON array, not JSON Lines: it is
-//!   refused up front with the command that converts it, instead of every line becoming a
-//!   "malformed JSON" reject.
+//! - A JSON input whose first non-blank byte is `[` is one JSON array: it is streamed element
+//!   by element (`json_array`), each element handled like a JSONL line. One that starts with
+//!   a pretty-printed top-level object (`{` alone on its first line) is refused up front: it
+//!   is neither an array nor JSON Lines.
 //! - The reader thread only splits records; [`parse`] (JSON parse, shape detection, path
 //!   resolution) runs on worker threads. A record that cannot become a [`Sample`] yields
 //!   `Err(reason)`: a reject, never a job error.
 //!
-//! Submodules: `jsonl` (line splitting for `.jsonl`/`.jsonl.zst`), `parquet` (row
-//! decoding) and `sample` (shape detection and validation rules, documented there).
+//! Submodules: `jsonl` (line splitting for `.jsonl`/`.jsonl.zst`), `json_array` (element
+//! splitting for JSON arrays, plain or `.zst`), `parquet` (row decoding) and `sample` (shape
+//! detection and validation rules, documented there).
 //!
-//! File kinds are chosen by name: `.parquet`/`.pq`, `*.zst` (zstd-compressed JSONL),
+//! File kinds are chosen by name: `.parquet`/`.pq`, `*.zst` (zstd-compressed JSON),
 //! `.jsonl`/`.json`/`.ndjson`; any other name is sniffed from its first bytes (Parquet or
-//! zstd magic, else JSONL).
+//! zstd magic, else JSON). JSON (plain or decompressed) is an array when its first non-blank
+//! byte is `[`, else JSON Lines.
 
+mod json_array;
 mod jsonl;
 mod parquet;
 mod sample;
 
+pub use json_array::{MAX_ELEMENT, TOO_LONG_ELEMENT};
 pub use jsonl::{MAX_LINE, TOO_LONG};
 pub use parquet::BATCH_SIZE;
 pub use sample::IMAGE_PLACEHOLDER;
@@ -38,8 +43,12 @@ use crate::error::{PackError, Result};
 pub struct Record {
     /// 0-based position in the whole input (across files); defines output order.
     pub index: u64,
-    /// 1-based line number in its JSONL file, or 0-based row number in its Parquet file.
+    /// 1-based line number in its JSONL file, 0-based element number in its JSON array, or
+    /// 0-based row number in its Parquet file.
     pub line: u64,
+    /// Byte offset of a JSON array element in its (decompressed) file; `None` for other
+    /// kinds.
+    pub offset: Option<u64>,
     /// Index into [`RecordSource::files`].
     pub file: usize,
     pub payload: Payload,
@@ -47,7 +56,8 @@ pub struct Record {
 
 #[derive(Debug)]
 pub enum Payload {
-    /// Raw bytes of one JSONL line (without the newline); may be invalid UTF-8/JSON.
+    /// Raw bytes of one JSONL line (without the newline) or JSON array element; may be
+    /// invalid UTF-8/JSON.
     Json(Vec<u8>),
     /// A row already decoded from Parquet.
     Sample(Sample),
@@ -65,6 +75,8 @@ pub enum SampleKind {
     Conversations,
     /// `{"messages": [{"role", "content"}, …], "images": […]}`
     Messages,
+    /// `{"image"|"images", "instruction", "response"}` (optional `"system"`): one exchange.
+    Instruction,
 }
 
 /// Where an image comes from.
@@ -150,9 +162,12 @@ pub fn open_all(inputs: &[String], image_root: Option<&Path>) -> Result<Box<dyn 
             ));
         }
         sizes.push(meta.len());
-        let kind = FileKind::of(file)?;
-        if kind != FileKind::Parquet {
-            refuse_json_array(file, kind == FileKind::JsonlZstd)?;
+        let mut kind = FileKind::of(file)?;
+        if kind != FileKind::Parquet && is_json_array(file, kind == FileKind::JsonlZstd)? {
+            kind = match kind {
+                FileKind::JsonlZstd => FileKind::JsonArrayZstd,
+                _ => FileKind::JsonArray,
+            };
         }
         kinds.push(kind);
     }
@@ -169,10 +184,11 @@ pub fn open_all(inputs: &[String], image_root: Option<&Path>) -> Result<Box<dyn 
     }))
 }
 
-/// Refuse a JSON array (`[{…}, {…}]`, one document): read as JSON Lines, each of its lines
-/// would be a "malformed JSON" reject. Only the first non-blank byte (after a BOM) is looked
-/// at, within the first 64 KiB.
-fn refuse_json_array(path: &Path, zstd: bool) -> Result<()> {
+/// Whether a JSON file is one array (first non-blank byte `[`, after a BOM) rather than
+/// JSON Lines. One whose first line is a lone `{` (a pretty-printed top-level object) is
+/// refused: read as JSON Lines, each of its lines would be a "malformed JSON" reject. Only
+/// the first 64 KiB are looked at.
+fn is_json_array(path: &Path, zstd: bool) -> Result<bool> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| PackError::input(path, e))?;
     let mut head = Vec::with_capacity(64 << 10);
@@ -186,25 +202,36 @@ fn refuse_json_array(path: &Path, zstd: bool) -> Result<()> {
         file.take(64 << 10).read_to_end(&mut head).map(|_| ())
     };
     if read.is_err() && head.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let body = head.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&head);
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
-        return Ok(());
-    }
-    let name = shell_quote(&path.display().to_string());
-    let convert = if zstd {
-        format!("zstd -dc {name} | jq -c '.[]' > corpus.jsonl")
-    } else {
-        format!("jq -c '.[]' {name} > corpus.jsonl")
+    let Some(first) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return Ok(false);
     };
-    Err(PackError::input(
-        path,
-        format!(
-            "is a JSON array; llava-pack reads JSON Lines (one JSON object per line) and does \
-             not support JSON arrays yet. Convert it with: {convert}"
-        ),
-    ))
+    if body[first] == b'[' {
+        return Ok(true);
+    }
+    let line = body[first..]
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default();
+    if line.trim_ascii() == b"{" {
+        let name = shell_quote(&path.display().to_string());
+        let cat = if zstd {
+            format!("zstd -dc {name} | jq -c '.KEY[]'")
+        } else {
+            format!("jq -c '.KEY[]' {name}")
+        };
+        return Err(PackError::input(
+            path,
+            format!(
+                "is one JSON object spread over several lines, not a JSON array of samples \
+                 nor JSON Lines (one object per line); if the samples are a list under some \
+                 key, extract them with: {cat} > corpus.jsonl"
+            ),
+        ));
+    }
+    Ok(false)
 }
 
 /// `s` as one shell word, so a suggested command can be pasted as it is.
@@ -270,6 +297,9 @@ fn expand(input: &str) -> Result<Vec<PathBuf>> {
 enum FileKind {
     Jsonl,
     JsonlZstd,
+    /// Chosen by [`is_json_array`] after [`FileKind::of`].
+    JsonArray,
+    JsonArrayZstd,
     Parquet,
 }
 
@@ -305,31 +335,40 @@ impl FileKind {
 
 enum FileReader {
     Jsonl(jsonl::JsonlReader),
+    JsonArray(json_array::JsonArrayReader),
     Parquet(parquet::ParquetReader),
 }
 
 impl FileReader {
-    fn next(&mut self) -> Option<Result<(u64, Payload)>> {
+    /// Next record as `(line, offset, payload)` (see [`Record`]).
+    fn next(&mut self) -> Option<Result<(u64, Option<u64>, Payload)>> {
         match self {
-            FileReader::Jsonl(r) => r.next_line(),
-            FileReader::Parquet(r) => r.next_row(),
+            FileReader::Jsonl(r) => r.next_line().map(|r| r.map(|(l, p)| (l, None, p))),
+            FileReader::JsonArray(r) => r
+                .next_element()
+                .map(|r| r.map(|e| (e.index, Some(e.offset), e.payload))),
+            FileReader::Parquet(r) => r.next_row().map(|r| r.map(|(l, p)| (l, None, p))),
         }
     }
     fn skip(&mut self, n: u64) -> Result<u64> {
         match self {
             FileReader::Jsonl(r) => r.skip(n),
+            FileReader::JsonArray(r) => r.skip(n),
             FileReader::Parquet(r) => r.skip(n),
         }
     }
     fn consumed(&self) -> u64 {
         match self {
             FileReader::Jsonl(r) => r.consumed(),
+            FileReader::JsonArray(r) => r.consumed(),
             FileReader::Parquet(r) => r.consumed(),
         }
     }
+    /// Lines (JSONL, blank ones included), elements (arrays) or rows (Parquet) so far.
     fn lines(&self) -> u64 {
         match self {
             FileReader::Jsonl(r) => r.lines(),
+            FileReader::JsonArray(r) => r.records(),
             FileReader::Parquet(r) => r.rows_read(),
         }
     }
@@ -361,6 +400,12 @@ impl MultiSource {
             let opened = match self.kinds[i] {
                 FileKind::Jsonl => jsonl::JsonlReader::open(path, false).map(FileReader::Jsonl),
                 FileKind::JsonlZstd => jsonl::JsonlReader::open(path, true).map(FileReader::Jsonl),
+                FileKind::JsonArray => {
+                    json_array::JsonArrayReader::open(path, false).map(FileReader::JsonArray)
+                }
+                FileKind::JsonArrayZstd => {
+                    json_array::JsonArrayReader::open(path, true).map(FileReader::JsonArray)
+                }
                 FileKind::Parquet => {
                     let root = image_root_for(path, self.image_root.as_deref());
                     parquet::ParquetReader::open(path, root).map(FileReader::Parquet)
@@ -394,12 +439,13 @@ impl RecordSource for MultiSource {
                 Err(e) => return Some(Err(e)),
             };
             match reader.next() {
-                Some(Ok((line, payload))) => {
+                Some(Ok((line, offset, payload))) => {
                     let index = self.next_index;
                     self.next_index += 1;
                     return Some(Ok(Record {
                         index,
                         line,
+                        offset,
                         file,
                         payload,
                     }));

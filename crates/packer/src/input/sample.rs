@@ -4,13 +4,16 @@
 //! Rules (a violation is a reject reason, never a job error):
 //! - The payload must be UTF-8 (a leading BOM is ignored) and one JSON object.
 //!   Duplicate keys follow serde_json: the last occurrence wins.
-//! - Shape: `conversations` (LLaVA), else `messages`, else `caption`; a key whose value is
-//!   non-null wins over an earlier key that is null.
+//! - Shape: `conversations` (LLaVA), else `messages`, else `instruction`, else `caption`; a
+//!   key whose value is non-null wins over an earlier key that is null.
 //! - `id`: string or integer (integers become their decimal string); an empty string or
 //!   `null` counts as missing.
 //! - `image` / `images`: a string or a list of strings (either key, not both); relative
 //!   paths are joined to the image root, absolute ones are kept; empty paths are rejected.
 //! - Caption samples need a non-empty (after trim) caption and at least one image.
+//! - Instruction samples need a string `instruction` (empty only with an image), a non-empty
+//!   (after trim) string `response`, and `system`, if given and non-null, a string; `<image>`
+//!   placeholders in the instruction count like those of a human turn.
 //! - `<image>` placeholders in human/user string turns plus `{"type": "image"}` parts must
 //!   equal the number of images when there is at least one placeholder.
 //! - `fields` keeps every other key in input order.
@@ -61,6 +64,7 @@ pub(crate) fn normalise(
         }
         SampleKind::Conversations => check_conversations(&map["conversations"])?,
         SampleKind::Messages => check_messages(&map["messages"])?,
+        SampleKind::Instruction => check_instruction(&map, images.len())?,
     };
     if placeholders > 0 && placeholders != images.len() {
         return Err(format!(
@@ -145,9 +149,10 @@ pub(crate) fn resolve(given: &str, root: &Path) -> PathBuf {
 }
 
 fn detect_kind(map: &Map<String, Value>) -> Result<SampleKind, String> {
-    const SHAPES: [(&str, SampleKind); 3] = [
+    const SHAPES: [(&str, SampleKind); 4] = [
         ("conversations", SampleKind::Conversations),
         ("messages", SampleKind::Messages),
+        ("instruction", SampleKind::Instruction),
         ("caption", SampleKind::Caption),
     ];
     let present = |non_null: bool| {
@@ -161,7 +166,9 @@ fn detect_kind(map: &Map<String, Value>) -> Result<SampleKind, String> {
         .or_else(|| present(false))
         .map(|(_, kind)| *kind)
         .ok_or_else(|| {
-            "unrecognised sample shape: expected caption, conversations or messages".to_string()
+            "unrecognised sample shape: expected caption, conversations, messages or \
+             instruction/response"
+                .to_string()
         })
 }
 
@@ -172,6 +179,34 @@ fn check_caption(caption: &Value) -> Result<(), String> {
         Value::Null => Err("caption is null".to_string()),
         _ => Err("caption is not a string".to_string()),
     }
+}
+
+/// Validates an instruction sample; returns the number of `<image>` placeholders in its
+/// instruction.
+fn check_instruction(map: &Map<String, Value>, images: usize) -> Result<usize, String> {
+    let instruction = match &map["instruction"] {
+        Value::String(s) => s,
+        Value::Null => return Err("instruction is null".to_string()),
+        _ => return Err("instruction is not a string".to_string()),
+    };
+    if instruction.trim().is_empty() && images == 0 {
+        return Err("empty instruction and no image".to_string());
+    }
+    match map.get("response") {
+        Some(Value::String(s)) if s.trim().is_empty() => return Err("empty response".to_string()),
+        Some(Value::String(_)) => {}
+        None | Some(Value::Null) => {
+            return Err("instruction sample without \"response\"".to_string())
+        }
+        Some(_) => return Err("response is not a string".to_string()),
+    }
+    if !matches!(
+        map.get("system"),
+        None | Some(Value::Null | Value::String(_))
+    ) {
+        return Err("system is not a string".to_string());
+    }
+    Ok(instruction.matches(IMAGE_PLACEHOLDER).count())
 }
 
 /// Validates LLaVA turns; returns the number of `<image>` placeholders in human turns.
@@ -311,6 +346,46 @@ mod tests {
         assert_eq!(s.images, vec![file("img/x.jpg", "/data/root/img/x.jpg")]);
         let keys: Vec<_> = s.fields.keys().map(String::as_str).collect();
         assert_eq!(keys, ["caption", "source"]);
+    }
+
+    #[test]
+    fn instruction_shape_and_rules() {
+        let s = ok(
+            r#"{"image":"a.jpg","instruction":"What is it?","response":"A cat.","system":"Be brief."}"#,
+        );
+        assert_eq!(s.kind, SampleKind::Instruction);
+        let keys: Vec<_> = s.fields.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["instruction", "response", "system"]);
+        let s = ok(
+            r#"{"images":["a.jpg","b.jpg"],"instruction":"<image> vs <image>?","response":"same"}"#,
+        );
+        assert_eq!(s.images.len(), 2);
+        ok(r#"{"instruction":"Say hi.","response":"Hi."}"#);
+        ok(r#"{"image":"a.jpg","instruction":"","response":"A cat."}"#);
+        assert_eq!(
+            err(br#"{"instruction":" ","response":"x"}"#),
+            "empty instruction and no image"
+        );
+        assert_eq!(
+            err(br#"{"image":"a.jpg","instruction":"q"}"#),
+            "instruction sample without \"response\""
+        );
+        assert_eq!(
+            err(br#"{"image":"a.jpg","instruction":"q","response":" "}"#),
+            "empty response"
+        );
+        assert_eq!(
+            err(br#"{"image":"a.jpg","instruction":1,"response":"r"}"#),
+            "instruction is not a string"
+        );
+        assert_eq!(
+            err(br#"{"image":"a.jpg","instruction":"q","response":"r","system":[]}"#),
+            "system is not a string"
+        );
+        assert_eq!(
+            err(br#"{"images":["a.jpg","b.jpg"],"instruction":"<image> only one","response":"r"}"#),
+            "1 <image> placeholder but 2 images"
+        );
     }
 
     #[test]
@@ -473,7 +548,7 @@ mod tests {
         assert_eq!(err(b"\"str\""), "not a JSON object");
         assert_eq!(
             err(br#"{"id":"a","image":"x"}"#),
-            "unrecognised sample shape: expected caption, conversations or messages"
+            "unrecognised sample shape: expected caption, conversations, messages or instruction/response"
         );
         // A BOM is tolerated.
         ok("\u{feff}{\"image\":\"x.jpg\",\"caption\":\"c\"}");
