@@ -18,7 +18,11 @@
 //! - `caption`: user = the sample's images (+ the optional caption prompt), assistant = caption;
 //! - `conversations` (LLaVA): `human`→user, `gpt`→assistant; each `<image>` in a value becomes
 //!   the next image, in place; with no `<image>` at all, images lead the first user turn;
-//! - `messages`: roles as given, content a string or `[{"type":"image"}|{"type":"text"}…]`.
+//! - `messages`: roles as given, content a string or `[{"type":"image"}|{"type":"text"}…]`;
+//! - `instruction`: `system` (if a string) = the system turn, user = the images + the
+//!   instruction (each `<image>` in it becomes the next image, in place; with none the images
+//!   lead), assistant = `response` — the same two-turn conversation as the equivalent
+//!   `conversations` sample.
 
 use serde_json::Value;
 use thiserror::Error;
@@ -27,7 +31,7 @@ pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TemplateError {
-    #[error("sample has no recognised text (caption, conversations or messages)")]
+    #[error("sample has no recognised text (caption, conversations, messages or instruction)")]
     NoText,
     #[error("{0}")]
     Invalid(String),
@@ -238,6 +242,30 @@ pub fn turns(
             }
             turns.push(Turn { role, parts });
         }
+    } else if let Some(instruction) = sample.get("instruction").and_then(Value::as_str) {
+        let response = str_field(sample, "response", "sample")?;
+        match sample.get("system") {
+            Some(Value::String(system)) => turns.push(Turn {
+                role: Role::System,
+                parts: vec![Part::Text(system.clone())],
+            }),
+            None | Some(Value::Null) => {}
+            Some(_) => {
+                return Err(TemplateError::Invalid(
+                    "sample.system is not a string".into(),
+                ))
+            }
+        }
+        let mut user = Vec::new();
+        split_image_tags(instruction, &mut next, &mut user);
+        turns.push(Turn {
+            role: Role::User,
+            parts: user,
+        });
+        turns.push(Turn {
+            role: Role::Assistant,
+            parts: vec![Part::Text(response.to_string())],
+        });
     } else if let Some(cap) = sample.get("caption").and_then(Value::as_str) {
         let mut user: Vec<Part> = (0..n_images).map(Part::Image).collect();
         next = n_images;
@@ -334,14 +362,15 @@ pub fn render(turns: &[Turn], opts: &TemplateOptions) -> Rendered {
     Rendered { segments: segs }
 }
 
-/// The caption of a caption-shaped sample (no `conversations` / `messages`, as [`turns`]
-/// decides).
+/// The caption of a caption-shaped sample (no `conversations` / `messages` / `instruction`,
+/// as [`turns`] decides).
 fn caption_of(sample: &Value) -> Option<&str> {
     let chat = sample
         .get("conversations")
         .and_then(Value::as_array)
         .is_some()
-        || sample.get("messages").and_then(Value::as_array).is_some();
+        || sample.get("messages").and_then(Value::as_array).is_some()
+        || sample.get("instruction").and_then(Value::as_str).is_some();
     (!chat).then(|| sample.get("caption").and_then(Value::as_str))?
 }
 
@@ -541,6 +570,40 @@ mod tests {
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
         ));
         assert_eq!(t.matches("system").count(), 1);
+    }
+
+    #[test]
+    fn instruction_samples_are_the_equivalent_two_turn_conversation() {
+        let o = TemplateOptions::default();
+        let conv = |human: &str| {
+            json!({"conversations": [
+                {"from": "human", "value": human}, {"from": "gpt", "value": "A cat."}]})
+        };
+        let same = |a: &Value, b: &Value, n: usize| {
+            assert_eq!(
+                render_sample(a, n, &o).unwrap(),
+                render_sample(b, n, &o).unwrap()
+            )
+        };
+        // Images lead the instruction unless it places them; the caption format is moot.
+        let s = json!({"instruction": "What is it?", "response": "A cat.", "caption": "x"});
+        same(&s, &conv("What is it?"), 1);
+        let s = json!({"instruction": "<image> or <image>?", "response": "A cat."});
+        same(&s, &conv("<image> or <image>?"), 2);
+        assert!(matches!(
+            turns(&s, 1, &o),
+            Err(TemplateError::ImageCount { .. })
+        ));
+        // `system` replaces the default system prompt.
+        let s = json!({"instruction": "Hi", "response": "A cat.", "system": "Be brief."});
+        let t = text(&render_sample(&s, 0, &o).unwrap());
+        assert_eq!(
+            t,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+             <|im_start|>assistant\nA cat.<|im_end|>"
+        );
+        let bad = json!({"instruction": "Hi"});
+        assert!(matches!(turns(&bad, 0, &o), Err(TemplateError::Invalid(_))));
     }
 
     #[test]
