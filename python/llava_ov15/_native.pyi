@@ -159,3 +159,26 @@ class SampleTokenizer:
         eos_token: str | None = None,
     ) -> None: ...
     def tokenize(self, doc: bytes) -> tuple[object, object, list[int], list[int]]: ...
+
+def near_duplicates(hashes: object, max_distance: int) -> object:
+    """All pairs ``i < j`` of a contiguous uint64 array within Hamming ``max_distance``
+    (0..=16), exact: int64 array ``(n_pairs, 3)`` of ``[i, j, distance]``, sorted."""
+
+def dedup(
+    input: str,
+    output: str,
+    *,
+    max_distance: int = 8,
+    keep: str = "largest",
+    multi_image: str = "any",
+    against: list[str] = ...,
+    references: list[tuple[int, str, int]] = ...,
+    overwrite: bool = False,
+    progress: str = "auto",
+) -> str:
+    """Run a dedup job; returns ``dedup_stats.json`` as JSON. ``references``: benchmark image
+    hashes as ``(hash, benchmark, row)``."""
+
+def phash_images(images: list[bytes], mode: str = "fast") -> tuple[object, list[str | None]]:
+    """The build's phash of each encoded image (uint64 array) and per image None or why it
+    could not be hashed (hash 0)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -24,8 +25,8 @@ from llava_ov15.rejects import (
     check_rate,
 )
 
-__all__ = ["build", "pack", "buckets", "PackError", "InputError", "OutputError", "ResumeError",
-           "RejectsError", "FORMAT_VERSION"]
+__all__ = ["build", "pack", "buckets", "dedup", "near_duplicates", "PackError", "InputError",
+           "OutputError", "ResumeError", "RejectsError", "FORMAT_VERSION"]
 
 PathArg = str | os.PathLike[str]
 
@@ -172,3 +173,71 @@ def buckets(
 
         doc["plots"] = [str(p) for p in write_bucket_plots(doc, output)]
     return doc
+
+
+def near_duplicates(hashes: Any, max_distance: int) -> Any:
+    """Every pair ``i < j`` of 64-bit ``hashes`` within Hamming distance ``max_distance``
+    (0..16), exactly (multi-index hashing, not approximate): an ``(n_pairs, 3)`` int64 array of
+    ``[i, j, distance]`` rows sorted by ``(i, j)``. Runs with the GIL released."""
+    import numpy as np
+
+    if not 0 <= int(max_distance) <= 16:
+        raise ValueError(f"max_distance must be in 0..16, got {max_distance}")
+    arr = np.ascontiguousarray(np.asarray(hashes).astype(np.uint64, copy=False).ravel())
+    return _native.near_duplicates(arr, int(max_distance))
+
+
+def dedup(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    max_distance: int = 8,
+    keep: Literal["largest", "first"] = "largest",
+    multi_image: Literal["any", "all"] = "any",
+    against: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    benchmarks: Sequence[str] | None = None,
+    overwrite: bool = False,
+    contact_sheet: bool = True,
+    progress: Literal["auto", "bar", "log", "quiet"] = "auto",
+) -> dict[str, Any]:
+    """Near-duplicate removal over a `build` output's perceptual hashes (no image is decoded).
+
+    Writes ``output/drop.txt`` (sorted ``KEY<TAB>REASON`` lines), ``clusters.jsonl``,
+    ``contamination.jsonl``, ``dedup_stats.json`` and, with ``contact_sheet``, a PNG of the
+    largest clusters; returns the stats. ``against``: with ``benchmarks``, an evaluation data
+    directory (the layout ``python -m llava_ov15.eval`` reads) whose images are hashed with the
+    build's phash; without, other build outputs to dedup against. Every training sample within
+    ``max_distance`` of such an image is dropped, whatever the keeper rule.
+    """
+    from llava_ov15 import dedup as helpers
+
+    if not 0 <= int(max_distance) <= 16:
+        raise ValueError(f"max_distance must be in 0..16, got {max_distance}")
+    dirs = [] if against is None else (
+        [against] if isinstance(against, str | os.PathLike) else list(against))
+    say = (lambda m: None) if progress == "quiet" else (
+        lambda m: print(f"llava-pack dedup: {m}", file=sys.stderr, flush=True))
+    references: list[tuple[int, str, int]] = []
+    other: list[str] = []
+    if benchmarks:
+        if len(dirs) != 1:
+            raise ValueError("--benchmarks needs exactly one --against DATA directory")
+        mode = helpers.build_phash_mode(input)
+        references = helpers.benchmark_hashes(dirs[0], list(benchmarks), mode=mode, log=say)
+    else:
+        for d in dirs:
+            if not (os.path.isdir(d) and (os.path.isfile(os.path.join(d, "manifest.json"))
+                                          or any(n.endswith(".tar") for n in os.listdir(d)))):
+                raise ValueError(f"--against {d}: not a llava-pack build output (no "
+                                 "manifest.json or *.tar); for evaluation data add --benchmarks")
+            other.append(os.fspath(d))
+    stats = json.loads(_native.dedup(
+        os.fspath(input), os.fspath(output), max_distance=int(max_distance), keep=keep,
+        multi_image=multi_image, against=other, references=references, overwrite=overwrite,
+        progress=progress,
+    ))
+    if contact_sheet:
+        sheet = helpers.contact_sheet(input, output)
+        if sheet is not None:
+            stats["contact_sheet"] = str(sheet)
+    return stats

@@ -3,6 +3,7 @@
     llava-pack build --input corpus.jsonl --output shards/ [options]
     llava-pack pack --input shards/ --output packed/ --tokenizer tokenizer.json --max-len 8192
     llava-pack buckets --input shards/ --output report/ --tokenizer tokenizer.json
+    llava-pack dedup --input shards/ --output dedup/ --max-distance 8
 
 Errors print one line (no traceback): exit 2 for invalid options, 1 for job failures,
 130 when interrupted (rerun with --resume). A build or pack whose output has no samples, or
@@ -312,12 +313,67 @@ def _run_buckets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dedup_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dedup",
+        help="near-duplicate removal and benchmark decontamination of built shards",
+        description="Find every pair of images within --max-distance bits of phash (exact "
+        "search over the hashes the build recorded; no image is decoded), keep one sample per "
+        "cluster and write drop.txt, clusters.jsonl, contamination.jsonl, dedup_stats.json and "
+        "contact_sheet.png. Pass drop.txt to `llava-pack pack --exclude`.",
+    )
+    p.add_argument("--input", required=True, action=_Once,
+                   help="directory of shards from `llava-pack build` (with --phash fast/exact)")
+    p.add_argument("--output", required=True, help="output directory for the dedup files")
+    p.add_argument("--max-distance", type=int, default=8,
+                   help="largest Hamming distance (0..16) between near-duplicate phashes "
+                   "(default 8)")
+    p.add_argument("--keep", choices=["largest", "first"], default="largest",
+                   help="keeper of a cluster: largest = most pixels, then earliest (default); "
+                   "first = earliest in input order")
+    p.add_argument("--multi-image", choices=["any", "all"], default="any",
+                   help="drop a multi-image sample when any (default) / all of its images are "
+                   "duplicates of another sample's kept image")
+    p.add_argument("--against", action="append",
+                   help="with --benchmarks: evaluation data directory (python -m llava_ov15.eval "
+                   "layout); without: another build output to dedup against (repeatable)")
+    p.add_argument("--benchmarks", help="comma-separated benchmark names, e.g. mme,mmbench_en_dev")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous dedup output")
+    p.add_argument("--no-contact-sheet", action="store_true", help="skip contact_sheet.png")
+    p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto")
+    p.set_defaults(func=_run_dedup)
+
+
+def _run_dedup(args: argparse.Namespace) -> int:
+    import os
+
+    if os.path.exists(args.output) and not args.overwrite:
+        raise ValueError(f"--output {args.output} exists; pass --overwrite to replace it")
+    benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()] if args.benchmarks \
+        else None
+    s = pack.dedup(args.input, args.output, max_distance=args.max_distance, keep=args.keep,
+                   multi_image=args.multi_image, against=args.against, benchmarks=benches,
+                   overwrite=args.overwrite, contact_sheet=not args.no_contact_sheet,
+                   progress=args.progress)
+    dropped = s["dropped"]
+    print(f"images:   {s['images']} ({s['hashed_images']} hashed, {s['distinct_hashes']} distinct)")
+    print(f"pairs:    {s['pairs']} within {s['max_distance']} bits in {s['clusters']} clusters")
+    print(f"dropped:  {dropped['near_duplicate']} near-duplicate, {dropped['contamination']} "
+          f"contaminated; kept {s['kept_samples']} of {s['samples']} samples")
+    print(f"output:   {args.output}/drop.txt")
+    if s.get("contact_sheet"):
+        print(f"sheet:    {s['contact_sheet']}")
+    print(f"time:     {s['seconds']:.2f}s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llava-pack", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _build_parser(sub)
     _pack_parser(sub)
     _buckets_parser(sub)
+    _dedup_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -283,6 +283,7 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
             }
             contamination.push(json!({
                 "key": info.key,
+                "index": s,
                 "shard": corpus.shards[info.shard as usize],
                 "image": img as u32 - info.first_image,
                 "benchmark": rf.source,
@@ -351,6 +352,7 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
                 };
                 json!({
                     "key": info.key,
+                    "index": s,
                     "shard": corpus.shards[info.shard as usize],
                     "image": m - info.first_image,
                     "pixels": corpus.pixels[m as usize],

@@ -1,0 +1,149 @@
+"""`llava-pack dedup` end to end: real photos with planted near-duplicates (rescaled, re-encoded,
+PNG copies) are found and dropped, distinct photos are kept, and the consumers honour drop.txt.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import read_jsonl, run_cli
+from llava_ov15 import pack
+
+# Distinct scikit-image photos (`cat` is `chelsea` again, so it is left out).
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
+          "colorwheel", "camera", "moon", "brick", "grass", "gravel", "coins", "clock", "page")
+
+
+def _photos() -> dict[str, Image.Image]:
+    from skimage import data
+
+    out = {}
+    for name in PHOTOS:
+        a = getattr(data, name)()
+        out[name] = Image.fromarray(a).convert("RGB")
+    return out
+
+
+def _save(im: Image.Image, path: Path, fmt: str, quality: int = 90) -> None:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    path.write_bytes(buf.getvalue())
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, set[str], set[str]]:
+    """A built corpus: one original per photo, plus planted copies of the first six photos.
+    Returns (shards, planted copy ids, original ids). Originals are the largest of their
+    cluster, so `--keep largest` keeps them."""
+    root = tmp_path_factory.mktemp("dedup_corpus")
+    photos = _photos()
+    records, copies, originals = [], set(), set()
+    for name, im in photos.items():
+        _save(im, root / f"{name}.jpg", "JPEG", 95)
+        records.append({"id": f"orig-{name}", "image": f"{name}.jpg", "caption": name})
+        originals.add(f"orig-{name}")
+    variants = [
+        ("half", lambda im: im.resize((im.width // 2, im.height // 2), Image.LANCZOS), "JPEG", 60),
+        ("q40", lambda im: im.resize((im.width * 9 // 10, im.height * 9 // 10)), "JPEG", 40),
+        ("png", lambda im: im.resize((im.width * 3 // 4, im.height * 3 // 4)), "PNG", 0),
+    ]
+    for name in PHOTOS[:6]:
+        for tag, fn, fmt, q in variants:
+            fname = f"{name}-{tag}.{'png' if fmt == 'PNG' else 'jpg'}"
+            _save(fn(photos[name]), root / fname, fmt, q)
+            records.append({"id": f"copy-{name}-{tag}", "image": fname, "caption": f"{name} {tag}"})
+            copies.add(f"copy-{name}-{tag}")
+    # A two-image sample whose second image is a copy of `coins`, first one unique.
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8))
+    _save(noise, root / "noise.png", "PNG")
+    _save(photos["coins"].resize((192, 151)), root / "coins-small.jpg", "JPEG", 80)
+    records.append({"id": "multi", "images": ["noise.png", "coins-small.jpg"],
+                    "conversations": [{"from": "human", "value": "<image><image>compare"},
+                                      {"from": "gpt", "value": "ok"}]})
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = root / "shards"
+    pack.build(str(root / "corpus.jsonl"), str(out), samples_per_shard=7, progress="quiet")
+    return out, copies, originals
+
+
+def _drop(out: Path) -> dict[str, str]:
+    lines = (out / "drop.txt").read_text().splitlines()
+    assert lines == sorted(lines)
+    return dict(line.split("\t", 1) for line in lines)
+
+
+def test_planted_near_duplicates_are_dropped_and_originals_kept(planted, tmp_path):
+    shards, copies, originals = planted
+    stats = pack.dedup(shards, tmp_path / "d", progress="quiet")
+    drop = _drop(tmp_path / "d")
+    assert copies <= set(drop), f"missed: {sorted(copies - set(drop))}"
+    assert not originals & set(drop), f"originals dropped: {sorted(originals & set(drop))}"
+    assert drop["copy-coffee-half"] == "near-duplicate of orig-coffee"
+    assert drop["multi"] == "near-duplicate of orig-coins"   # --multi-image any
+    assert stats["dropped"]["near_duplicate"] == len(copies) + 1
+    assert stats["kept_samples"] == len(originals)
+    clusters = read_jsonl(tmp_path / "d" / "clusters.jsonl")
+    assert all(sum(m["kept"] for m in c["members"]) == 1 for c in clusters)
+    assert sum(stats["distance_histogram"]) == stats["pairs"]
+    sheet = tmp_path / "d" / "contact_sheet.png"
+    assert sheet.is_file() and Image.open(sheet).width > 0
+
+
+def test_multi_image_all_keeps_a_sample_with_one_unique_image(planted, tmp_path):
+    shards, _, _ = planted
+    pack.dedup(shards, tmp_path / "d", multi_image="all", contact_sheet=False, progress="quiet")
+    assert "multi" not in _drop(tmp_path / "d")
+
+
+def test_near_duplicates_api_matches_brute_force():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 2**63, 300, dtype=np.uint64)
+    flips = np.uint64(1) << rng.integers(0, 64, 300).astype(np.uint64)
+    h = np.concatenate([base, base ^ flips, np.zeros(5, np.uint64)])
+    got = pack.near_duplicates(h, 6)
+    assert got.dtype == np.int64 and got.shape[1] == 3
+    x = h[:, None] ^ h[None, :]
+    dist = np.array([[bin(int(v)).count("1") for v in row] for row in x])
+    i, j = np.nonzero(np.triu(dist <= 6, k=1))
+    want = np.stack([i, j, dist[i, j]], axis=1)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="0..16"):
+        pack.near_duplicates(h, 17)
+
+
+def test_cli_dedup_errors_are_one_line(planted, tmp_path):
+    shards, _, _ = planted
+    out = tmp_path / "d"
+    out.mkdir()
+    p = run_cli("dedup", "--input", str(shards), "--output", str(out), check=False)
+    assert p.returncode == 2 and "--overwrite" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("dedup", "--input", str(shards), "--output", str(tmp_path / "e"),
+                "--max-distance", "20", check=False)
+    assert p.returncode == 2 and "0..16" in p.stderr
+    p = run_cli("dedup", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "f"),
+                check=False)
+    assert p.returncode == 1 and "nope" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("dedup", "--input", str(shards), "--output", str(tmp_path / "g"),
+                "--no-contact-sheet", "--progress", "log")
+    assert "dropped:" in p.stdout and "llava-pack dedup:" in p.stderr
+
+
+def test_phash_off_build_is_refused(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png(np.zeros((32, 32, 3), np.uint8)))
+    (tmp_path / "c.jsonl").write_text(json.dumps({"image": "a.png", "caption": "x"}) + "\n")
+    pack.build(str(tmp_path / "c.jsonl"), str(tmp_path / "s"), phash="off", progress="quiet")
+    with pytest.raises(pack.InputError, match="--phash off"):
+        pack.dedup(tmp_path / "s", tmp_path / "d", progress="quiet")
+    assert not (tmp_path / "d").exists()
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
