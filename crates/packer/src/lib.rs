@@ -23,6 +23,7 @@ pub mod input;
 pub mod pack;
 pub mod reader;
 pub mod shard;
+pub mod text;
 
 pub use build::{build, BuildOptions, BuildSummary, DedupMode, Progress};
 pub use error::{PackError, Result};

@@ -108,7 +108,7 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
         .thread_name(|i| format!("llava-pack-{i}"))
         .build()
         .map_err(|e| PackError::InvalidOption(format!("--workers: {e}")))?;
-    let ctx = Ctx::new(opts, &files);
+    let ctx = Ctx::new(opts, &files)?;
     let mut writer = Writer::open(opts, &files, ckpt)?;
     let counters = Arc::new(progress::Counters::default());
     counters.records.store(resumed_from, Ordering::Relaxed);
@@ -355,7 +355,7 @@ fn remove_uncommitted(out: &Path, prefix: &str, ckpt: &Checkpoint) -> Result<()>
         }
     }
     // Final artifacts are rewritten at the end; a stale copy must not look current.
-    for f in ["manifest.json", "stats.json"] {
+    for f in ["manifest.json", "stats.json", crate::text::REPORT_FILE] {
         let _ = std::fs::remove_file(out.join(f));
     }
     Ok(())
@@ -368,7 +368,7 @@ fn clean_previous(out: &Path, prefix: &str) -> Result<()> {
         let ours = shard_number(&name, prefix).is_some()
             || matches!(
                 name.as_str(),
-                "manifest.json" | "stats.json" | "rejects.jsonl"
+                "manifest.json" | "stats.json" | "rejects.jsonl" | crate::text::REPORT_FILE
             );
         if ours {
             std::fs::remove_file(entry.path()).map_err(|e| PackError::output(entry.path(), e))?;
@@ -396,6 +396,8 @@ fn finalize(
     let rows = StatePaths::new(out).rows;
     crate::shard::write_energon_meta_with_rows(out, &ckpt.shards, &rows)
         .map_err(|e| oerr(out.join(".nv-meta"), e))?;
+    crate::text::finish(out, &mut ckpt.stats.text, &opts.text)
+        .map_err(|e| oerr(out.join(crate::text::REPORT_FILE), e))?;
     let st = &ckpt.stats;
     let manifest = json!({
         "format_version": crate::FORMAT_VERSION,

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::error::{PackError, Result};
 use crate::image::PhashMode;
+use crate::text::TextOptions;
 
 /// Exact-duplicate removal (first occurrence kept; see `dedup.rs` for the keys).
 ///
@@ -72,6 +73,8 @@ pub struct BuildOptions {
     pub resume: bool,
     pub overwrite: bool,
     pub progress: Progress,
+    /// Text cleaning (`--text-clean`, `--text-rules`, …; see [`crate::text`]).
+    pub text: TextOptions,
 }
 
 impl BuildOptions {
@@ -94,6 +97,7 @@ impl BuildOptions {
             resume: false,
             overwrite: false,
             progress: Progress::Auto,
+            text: TextOptions::default(),
         }
     }
 
@@ -128,7 +132,7 @@ impl BuildOptions {
         if self.resume && self.overwrite {
             return bad("--resume and --overwrite exclude each other".into());
         }
-        Ok(())
+        self.text.validate()
     }
 
     /// Worker threads to use (resolves 0 to the number of cores).
@@ -157,6 +161,7 @@ impl BuildOptions {
             "max_pixels": self.max_pixels,
             "max_image_pixels": self.max_image_pixels,
             "max_file_bytes": self.max_file_bytes,
+            "text": self.text.fingerprint(),
         })
     }
 }

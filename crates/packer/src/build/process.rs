@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::image::{self, Analysis, ImageError, ImageInfo, Limits, PhashMode};
 use crate::input::{self, ImageRef, Payload, Record, Sample};
+use crate::text::{Cleaner, TextLog};
 
 use super::dedup;
 use super::options::{BuildOptions, DedupMode};
@@ -23,11 +24,12 @@ pub struct Ctx {
     pub max_pixels: Option<u64>,
     pub max_file_bytes: u64,
     pub dedup: DedupMode,
+    pub text: Cleaner,
 }
 
 impl Ctx {
-    pub fn new(opts: &BuildOptions, files: &[PathBuf]) -> Self {
-        Ctx {
+    pub fn new(opts: &BuildOptions, files: &[PathBuf]) -> crate::error::Result<Self> {
+        Ok(Ctx {
             roots: files
                 .iter()
                 .map(|f| input::image_root_for(f, opts.image_root.as_deref()))
@@ -40,7 +42,8 @@ impl Ctx {
             max_pixels: opts.max_pixels,
             max_file_bytes: opts.max_file_bytes,
             dedup: opts.dedup,
-        }
+            text: Cleaner::new(&opts.text)?,
+        })
     }
 }
 
@@ -66,6 +69,8 @@ pub struct Prepared {
     pub images: Vec<PreparedImage>,
     /// Exact-duplicate identity under `--dedup` (`None`: never a duplicate).
     pub dedup_key: Option<[u8; 16]>,
+    /// `--dedup-text` identity of a caption sample (cleaned caption).
+    pub text_key: Option<[u8; 16]>,
 }
 
 /// A reject: a category for `stats.json` and a human reason for `rejects.jsonl`.
@@ -94,10 +99,13 @@ pub struct Pos {
 pub struct Processed {
     pub pos: Pos,
     pub outcome: Outcome,
+    /// What text cleaning did (`None`: nothing to count).
+    pub text: Option<Box<TextLog>>,
 }
 
 pub fn process(rec: Record, ctx: &Ctx) -> Processed {
-    let outcome = match prepare(rec.payload, &ctx.roots[rec.file], ctx) {
+    let mut text = None;
+    let outcome = match prepare(rec.payload, &ctx.roots[rec.file], ctx, &mut text) {
         Ok(p) => Outcome::Sample(Box::new(p)),
         Err(r) => Outcome::Reject(r),
     };
@@ -109,11 +117,17 @@ pub fn process(rec: Record, ctx: &Ctx) -> Processed {
             file: rec.file,
         },
         outcome,
+        text,
     }
 }
 
-fn prepare(payload: Payload, root: &Path, ctx: &Ctx) -> Result<Prepared, Reject> {
-    let sample = match payload {
+fn prepare(
+    payload: Payload,
+    root: &Path,
+    ctx: &Ctx,
+    text: &mut Option<Box<TextLog>>,
+) -> Result<Prepared, Reject> {
+    let mut sample = match payload {
         Payload::Json(bytes) => input::parse(&bytes, root).map_err(|reason| Reject {
             category: "invalid_record",
             reason,
@@ -136,6 +150,19 @@ fn prepare(payload: Payload, root: &Path, ctx: &Ctx) -> Result<Prepared, Reject>
                 sample.images.len()
             ),
             id: sample.id.clone(),
+        });
+    }
+    // Text first: it is cheap, and a rejected text spares loading the images.
+    let cleaned = ctx.text.clean_sample(&mut sample);
+    let log = cleaned.log;
+    if log.changed != 0 || log.rejected.is_some() {
+        *text = Some(Box::new(log));
+    }
+    if let Some((category, reason)) = cleaned.reject {
+        return Err(Reject {
+            category,
+            reason,
+            id: sample.id,
         });
     }
     let mut images = Vec::with_capacity(sample.images.len());
@@ -168,6 +195,7 @@ fn prepare(payload: Payload, root: &Path, ctx: &Ctx) -> Result<Prepared, Reject>
         sample,
         images,
         dedup_key,
+        text_key: cleaned.text_key,
     })
 }
 

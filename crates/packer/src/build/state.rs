@@ -44,6 +44,9 @@ pub struct Stats {
     pub reencoded: u64,
     pub reencoded_bytes_before: u64,
     pub reencoded_bytes_after: u64,
+    /// Text cleaning: samples changed per normalisation, rejected per rule.
+    #[serde(default)]
+    pub text: crate::text::TextStats,
 }
 
 fn bin<T: PartialOrd>(edges: &[T], v: T) -> usize {

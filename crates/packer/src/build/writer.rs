@@ -97,12 +97,18 @@ impl Writer {
     }
 
     pub fn handle(&mut self, processed: Processed) -> Result<()> {
-        let p = &processed.pos;
+        let Processed { pos, outcome, text } = processed;
+        let (p, text) = (&pos, text.as_deref());
         while self.finishing.front().is_some_and(|c| c.shard.is_done()) {
             self.commit_oldest()?;
         }
-        match processed.outcome {
-            Outcome::Reject(r) => self.reject(p, r.category, &r.reason, r.id.as_deref())?,
+        match outcome {
+            Outcome::Reject(r) => {
+                if let Some(t) = text {
+                    self.ckpt.stats.text.record(t, p.index, false);
+                }
+                self.reject(p, r.category, &r.reason, r.id.as_deref())?
+            }
             Outcome::Sample(prep) => {
                 // The key is `None` with `--dedup off` (and for text-only samples with
                 // `--dedup image`): such a sample is never a duplicate.
@@ -113,11 +119,27 @@ impl Writer {
                         return self.reject(p, "duplicate", &why, prep.sample.id.as_deref());
                     }
                 }
+                // `--dedup-text`: the cleaned caption's key shares the journal with the dedup
+                // keys (its own hash domain), so resume replays it the same way.
+                if let Some(t) = prep.text_key {
+                    if let Some(first) = self.keys.first_with(&t).map_err(|e| self.jerr(e))? {
+                        let why = format!("caption duplicate of {first}");
+                        return self.reject(p, "duplicate_text", &why, prep.sample.id.as_deref());
+                    }
+                }
                 let key = self.assign_key(p, prep.sample.id.as_deref());
                 self.write_sample(p, &key, &prep)?;
                 self.keys
                     .insert(&key, prep.dedup_key)
                     .map_err(|e| self.jerr(e))?;
+                if prep.text_key.is_some() {
+                    self.keys
+                        .insert(&key, prep.text_key)
+                        .map_err(|e| self.jerr(e))?;
+                }
+                if let Some(t) = text {
+                    self.ckpt.stats.text.record(t, p.index, true);
+                }
             }
         }
         Ok(())
