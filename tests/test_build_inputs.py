@@ -1,5 +1,5 @@
-"""What `llava-pack build` reads: several inputs, JSON arrays, blank lines — nothing is lost
-quietly, and input lines = samples + rejects + blank lines."""
+"""What `llava-pack build` reads: several inputs, blank lines — nothing is lost quietly, and
+input lines = samples + rejects + blank lines. JSON arrays: test_json_array.py."""
 
 from __future__ import annotations
 
@@ -74,24 +74,6 @@ def test_an_input_named_twice_is_refused(tmp_path, two_parts):
                 str(tmp_path / "out"), check=False)
     assert p.returncode == 1 and "named twice" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("name", ["corpus.json", "corpus.jsonl", "corpus.json.zst"])
-def test_json_array_input_is_a_clear_error_up_front(tmp_path, photo_jpeg, name):
-    import zstandard
-
-    (tmp_path / "a.jpg").write_bytes(photo_jpeg)
-    records = [{"id": str(i), "image": "a.jpg", "caption": f"c{i}"} for i in range(3000)]
-    text = json.dumps(records, indent=2).encode()
-    path = tmp_path / name
-    path.write_bytes(zstandard.ZstdCompressor().compress(text) if name.endswith(".zst") else text)
-    out = tmp_path / "out"
-    p = run_cli("build", "--input", str(path), "--output", str(out), check=False)
-    assert p.returncode == 1
-    err = p.stderr.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "JSON array" in err and "not support" in err and "jq -c '.[]'" in err
-    assert not out.exists(), "refused before any output is written"
 
 
 def test_blank_lines_are_counted_so_lines_equal_samples_rejects_and_blanks(tmp_path, two_parts):
