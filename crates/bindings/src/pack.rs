@@ -15,7 +15,7 @@ use pyo3::types::{PyBytes, PyDict};
 #[pyo3(signature = (input, output, tokenizer, *, max_len=8192, max_image_tokens=None,
     min_pixels=3136, max_pixels=2_560_000, prefix="pack".to_string(), packs_per_shard=1000,
     shard_size=1u64 << 30, workers=0, resume=false, overwrite=false, progress="auto",
-    caption_format="pretrain"))]
+    caption_format="pretrain", exclude=None))]
 #[allow(clippy::too_many_arguments)]
 fn pack(
     py: Python<'_>,
@@ -34,8 +34,10 @@ fn pack(
     overwrite: bool,
     progress: &str,
     caption_format: &str,
+    exclude: Option<PathBuf>,
 ) -> PyResult<String> {
     let mut o = PackOptions::new(input, output, tokenizer);
+    o.exclude = exclude;
     o.caption_format = caption_format
         .parse()
         .map_err(|e: String| PyValueError::new_err(e))?;
@@ -59,7 +61,7 @@ fn pack(
 /// returns its content as JSON.
 #[pyfunction]
 #[pyo3(signature = (input, output, tokenizer, *, min_pixels=3136, max_pixels=2_560_000,
-    workers=0, progress="auto"))]
+    workers=0, progress="auto", exclude=None))]
 #[allow(clippy::too_many_arguments)]
 fn buckets(
     py: Python<'_>,
@@ -70,6 +72,7 @@ fn buckets(
     max_pixels: u64,
     workers: usize,
     progress: &str,
+    exclude: Option<PathBuf>,
 ) -> PyResult<String> {
     let o = BucketsOptions {
         input,
@@ -79,6 +82,7 @@ fn buckets(
         max_pixels,
         workers,
         progress: crate::parse_progress(progress)?,
+        exclude,
     };
     let v = crate::run_cancellable(py, "llava-pack-buckets", move |c| packer::buckets(&o, c))?;
     Ok(serde_json::to_string(&v).expect("json"))

@@ -40,6 +40,8 @@ pub struct BucketsOptions {
     pub max_pixels: u64,
     pub workers: usize,
     pub progress: Progress,
+    /// `drop.txt` of `llava-pack dedup`: those samples are left out of the distribution.
+    pub exclude: Option<PathBuf>,
 }
 
 fn label<T: std::fmt::Display>(edges: &[T], i: usize) -> String {
@@ -93,7 +95,16 @@ pub fn buckets(opts: &BucketsOptions, cancel: &AtomicBool) -> Result<Value> {
     let mut long_sides = Vec::new();
     let (mut images, mut invalid) = (0u64, 0u64);
     let text_only = ASPECT_EDGES.len() + 1;
+    let exclude = match &opts.exclude {
+        Some(x) => crate::dedup::read_exclude(x)?,
+        None => Default::default(),
+    };
+    let mut excluded = 0u64;
     for m in scans.iter().flat_map(|s| &s.samples) {
+        if exclude.contains_key(&m.key) {
+            excluded += 1;
+            continue;
+        }
         if m.error.is_some() {
             invalid += 1;
             continue;
@@ -163,6 +174,7 @@ pub fn buckets(opts: &BucketsOptions, cancel: &AtomicBool) -> Result<Value> {
         "source_shards": sources.len(),
         "samples": lengths.len(),
         "invalid_samples": invalid,
+        "excluded_samples": excluded,
         "images": images,
         "min_pixels": opts.min_pixels,
         "max_pixels": opts.max_pixels,

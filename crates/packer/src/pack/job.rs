@@ -84,7 +84,7 @@ fn fingerprint(opts: &PackOptions, shards: &[PathBuf]) -> Result<Value> {
         .map_err(|e| PackError::input(&opts.tokenizer, e))?;
     // The training strings the lengths were counted for: training must render the same.
     let template = bucketer::TemplateOptions::default();
-    Ok(json!({
+    let mut fp = json!({
         "format_version": crate::FORMAT_VERSION,
         "kind": "pack",
         "input": opts.input.display().to_string(),
@@ -102,7 +102,13 @@ fn fingerprint(opts: &PackOptions, shards: &[PathBuf]) -> Result<Value> {
         "prefix": opts.prefix,
         "packs_per_shard": opts.packs_per_shard,
         "shard_size": opts.shard_size,
-    }))
+    });
+    // Only present with --exclude, so packs made without one keep their fingerprint.
+    if let Some(x) = &opts.exclude {
+        let sha = sha256_file(x).map_err(|e| PackError::input(x, format!("--exclude: {e}")))?;
+        fp["exclude_sha256"] = json!(sha);
+    }
+    Ok(fp)
 }
 
 const ARTIFACTS: [&str; 4] = [
@@ -245,19 +251,26 @@ pub fn pack(opts: &PackOptions, cancel: &AtomicBool) -> Result<PackSummary> {
     let corpus = Corpus::new(&scans);
     let mut lengths = Vec::with_capacity(corpus.len());
     let mut img_tokens = Vec::with_capacity(corpus.len());
-    let mut errors: Vec<(usize, String)> = Vec::new();
+    let mut errors: Vec<(usize, String, &str)> = Vec::new();
+    let exclude = match &opts.exclude {
+        Some(x) => crate::dedup::read_exclude(x)?,
+        None => Default::default(),
+    };
     for (k, s) in scans.iter().enumerate() {
         for (j, m) in s.samples.iter().enumerate() {
-            // A sample that cannot be measured is rejected before packing: give it a length
-            // no pack accepts and record the real reason separately.
-            lengths.push(if m.error.is_some() {
+            // A sample that cannot be measured (or is excluded) is rejected before packing:
+            // give it a length no pack accepts and record the real reason separately.
+            let excluded = exclude.get(&m.key);
+            lengths.push(if m.error.is_some() || excluded.is_some() {
                 u32::MAX
             } else {
                 m.length
             });
             img_tokens.push(m.image_tokens());
-            if let Some(e) = &m.error {
-                errors.push((corpus.starts[k] + j, e.clone()));
+            if let Some(why) = excluded {
+                errors.push((corpus.starts[k] + j, why.clone(), "excluded"));
+            } else if let Some(e) = &m.error {
+                errors.push((corpus.starts[k] + j, e.clone(), "invalid sample"));
             }
         }
     }
@@ -404,7 +417,7 @@ fn finalize(
     plan: &Plan,
     lengths: &[u32],
     img_tokens: &[u32],
-    errors: &[(usize, String)],
+    errors: &[(usize, String, &str)],
     timings: Value,
 ) -> Result<()> {
     let out = &opts.output;
@@ -439,7 +452,7 @@ fn finalize(
     // rejects.jsonl in corpus order: measurement errors and packer rejects.
     let mut rejects: Vec<(usize, String, &str)> = errors
         .iter()
-        .map(|(g, e)| (*g, e.clone(), "invalid sample"))
+        .map(|(g, e, cat)| (*g, e.clone(), *cat))
         .collect();
     for (g, r) in &plan.packing.rejects {
         if lengths[*g as usize] != u32::MAX {

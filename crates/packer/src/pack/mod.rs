@@ -53,6 +53,9 @@ pub struct PackOptions {
     pub resume: bool,
     pub overwrite: bool,
     pub progress: Progress,
+    /// `drop.txt` of `llava-pack dedup` (or any key list): those samples are not packed and
+    /// are reported as rejects with the list's reason.
+    pub exclude: Option<PathBuf>,
 }
 
 impl PackOptions {
@@ -77,6 +80,7 @@ impl PackOptions {
             resume: false,
             overwrite: false,
             progress: Progress::Auto,
+            exclude: None,
         }
     }
 
