@@ -147,3 +147,38 @@ def _png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_pack_buckets_and_loader_honour_the_drop_list(planted, tmp_path, qwen_tokenizer):
+    from llava_ov15.data.shards import ShardDataset, ShardIterable
+
+    shards, copies, originals = planted
+    pack.dedup(shards, tmp_path / "d", contact_sheet=False, progress="quiet")
+    drop_txt = tmp_path / "d" / "drop.txt"
+    drop = _drop(tmp_path / "d")
+    # pack: excluded samples are rejects with the dedup reason, not counted in the reject rate.
+    s = pack.pack(shards, tmp_path / "p", qwen_tokenizer, exclude=drop_txt, progress="quiet")
+    rejects = {r["key"]: r["reason"] for r in read_jsonl(tmp_path / "p" / "rejects.jsonl")}
+    assert rejects == drop
+    assert s["stats"]["rejects_by_reason"] == {"excluded": len(drop)}
+    assert s["samples"] == len(originals)
+    packed = ShardDataset(tmp_path / "p")
+    keys = {sub["source_key"] for i in range(len(packed))
+            for sub in json.loads(bytes(packed[i]["json"]))["samples"]}
+    assert keys == originals
+    # buckets
+    b = pack.buckets(shards, tmp_path / "b", qwen_tokenizer, plots=False, exclude=drop_txt,
+                     progress="quiet")
+    assert b["excluded_samples"] == len(drop) and b["samples"] == len(originals)
+    # loader, map-style and stream
+    ds = ShardDataset(shards, exclude=drop_txt)
+    assert len(ds) == len(originals) and ds.excluded == len(drop)
+    assert {ds[i]["key"] for i in range(len(ds))} == originals
+    it = ShardIterable(shards, exclude=drop_txt, world_size=1, rank=0, seed=1)
+    assert len(it) == len(originals)
+    assert sorted(x["key"] for x in it) == sorted(originals)
+    # CLI: pack --exclude
+    p = run_cli("pack", "--input", str(shards), "--output", str(tmp_path / "p2"),
+                "--tokenizer", str(qwen_tokenizer), "--exclude", str(drop_txt),
+                "--progress", "quiet")
+    assert "excluded" in p.stdout

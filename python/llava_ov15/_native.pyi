@@ -84,6 +84,7 @@ def pack(
     overwrite: bool = False,
     progress: str = "auto",
     caption_format: str = "pretrain",
+    exclude: str | None = None,
 ) -> str:
     """Pack built shards; returns the summary as JSON."""
 
@@ -96,6 +97,7 @@ def buckets(
     max_pixels: int = 2560000,
     workers: int = 0,
     progress: str = "auto",
+    exclude: str | None = None,
 ) -> str:
     """Write output/buckets.json; returns it as JSON."""
 

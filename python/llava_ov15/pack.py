@@ -118,6 +118,7 @@ def pack(
     progress: Literal["auto", "bar", "log", "quiet"] = "auto",
     caption_format: Literal["pretrain", "chat"] = "pretrain",
     max_reject_rate: float | None = DEFAULT_MAX_REJECT_RATE,
+    exclude: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Pack the shards of a `build` output directory into sequences of at most ``max_len``
     tokens (and ``max_image_tokens`` image tokens per pack, if given).
@@ -130,6 +131,9 @@ def pack(
     ``tokenizer.json``, ``pack_stats.json`` and ``rejects.jsonl``; returns the summary.
     Raises RejectsError (after writing everything) when no pack was written or more than
     ``max_reject_rate`` of the source samples were rejected (``None``: no limit).
+    ``exclude``: a ``drop.txt`` from :func:`dedup` (or any key list); those samples are not
+    packed and appear in ``rejects.jsonl`` with the list's reason (category ``excluded``);
+    they do not count toward ``max_reject_rate``.
     """
     _non_negative(max_len=max_len, packs_per_shard=packs_per_shard, shard_size=shard_size,
                   workers=workers)
@@ -141,10 +145,24 @@ def pack(
         max_image_tokens=max_image_tokens, min_pixels=min_pixels, max_pixels=max_pixels,
         prefix=prefix, packs_per_shard=packs_per_shard, shard_size=shard_size, workers=workers,
         resume=resume, overwrite=overwrite, progress=progress, caption_format=caption_format,
+        exclude=os.fspath(exclude) if exclude is not None else None,
     )
     result = json.loads(summary)
-    check_pack(result, max_reject_rate)
+    check_pack(_without_excluded(result), max_reject_rate)
     return result
+
+
+def _without_excluded(result: dict[str, Any]) -> dict[str, Any]:
+    """The summary as ``max_reject_rate`` sees it: samples left out by ``exclude`` were
+    chosen, not rejected, so they count neither as rejects nor as source samples."""
+    st = result["stats"]
+    n = st.get("rejects_by_reason", {}).get("excluded", 0)
+    if not n:
+        return result
+    by_reason = {k: v for k, v in st["rejects_by_reason"].items() if k != "excluded"}
+    return {**result, "rejects": result["rejects"] - n,
+            "stats": {**st, "source_samples": st["source_samples"] - n,
+                      "rejects_by_reason": by_reason}}
 
 
 def buckets(
@@ -157,6 +175,7 @@ def buckets(
     workers: int = 0,
     plots: bool = True,
     progress: Literal["auto", "bar", "log", "quiet"] = "auto",
+    exclude: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Aspect-ratio / native-size / token-count distribution of built shards.
 
@@ -167,6 +186,7 @@ def buckets(
     doc = json.loads(_native.buckets(
         os.fspath(input), os.fspath(output), os.fspath(tokenizer), min_pixels=min_pixels,
         max_pixels=max_pixels, workers=workers, progress=progress,
+        exclude=os.fspath(exclude) if exclude is not None else None,
     ))
     if plots:
         from llava_ov15.plots import write_bucket_plots

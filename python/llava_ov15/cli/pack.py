@@ -248,6 +248,8 @@ def _pack_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="continue an interrupted pack")
     g.add_argument("--overwrite", action="store_true", help="replace a previous pack")
     p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto")
+    p.add_argument("--exclude", help="drop.txt from `llava-pack dedup` (or a list of keys): "
+                   "those samples are not packed and are reported as rejects with its reason")
     _reject_rate_arg(p, "the source samples")
     p.set_defaults(func=_run_pack)
 
@@ -261,6 +263,7 @@ def _run_pack(args: argparse.Namespace) -> int:
             shard_size=args.shard_size, workers=args.workers, resume=args.resume,
             overwrite=args.overwrite, progress=args.progress,
             caption_format=args.caption_format, max_reject_rate=args.max_reject_rate,
+            exclude=args.exclude,
         )
     except pack.RejectsError as e:
         _print_pack_summary(e.summary)
@@ -296,6 +299,7 @@ def _buckets_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="worker threads (default: all cores)")
     p.add_argument("--no-plots", action="store_true", help="write buckets.json only")
     p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto")
+    p.add_argument("--exclude", help="drop.txt from `llava-pack dedup`: leave those samples out")
     p.set_defaults(func=_run_buckets)
 
 
@@ -303,7 +307,8 @@ def _run_buckets(args: argparse.Namespace) -> int:
     out = args.output or args.input
     doc = pack.buckets(args.input, out, _tokenizer(args), min_pixels=args.min_pixels,
                        max_pixels=args.max_pixels, workers=args.workers,
-                       plots=not args.no_plots, progress=args.progress)
+                       plots=not args.no_plots, progress=args.progress,
+                       exclude=args.exclude)
     t = doc["tokens"]
     print(f"samples:  {doc['samples']} ({doc['images']} images, {doc['invalid_samples']} invalid)")
     print(f"tokens:   p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}")

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -70,7 +71,7 @@ class _Base:
     """Shared reading and error policy."""
 
     def __init__(self, path: str | Path, *, transform: Callable[[dict], Any] | None = None,
-                 skip_errors: bool = False) -> None:
+                 skip_errors: bool = False, exclude: str | Path | None = None) -> None:
         self.path = str(path)
         self.transform = transform
         self.skip_errors = skip_errors
@@ -79,6 +80,17 @@ class _Base:
         for name, why in self.reader.skipped:
             self.skipped += 1
             log.warning("skipping shard %s: %s", name, why)
+        # With `exclude` (a `llava-pack dedup` drop.txt), indices are positions among the kept
+        # samples: `_kept[i]` is the reader's index of kept sample i (reading every key once).
+        self._kept = None
+        self.excluded = 0
+        if exclude is not None:
+            from llava_ov15.dedup import read_exclude
+
+            drop = read_exclude(exclude)
+            keys = (self.reader.sample(i, images=False)["key"] for i in range(len(self.reader)))
+            self._kept = np.fromiter((i for i, k in enumerate(keys) if k not in drop), np.int64)
+            self.excluded = len(self.reader) - len(self._kept)
 
     @property
     def reader(self) -> _native.ShardReader:
@@ -93,11 +105,21 @@ class _Base:
         return state
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self.reader) if self._kept is None else len(self._kept)
+
+    def _kept_lengths(self) -> list[int]:
+        """Samples per shard after `exclude`."""
+        lengths = list(self.reader.shard_lengths)
+        if self._kept is None:
+            return lengths
+        ends = np.cumsum(lengths)
+        return np.diff(np.searchsorted(self._kept, ends), prepend=0).tolist()
 
     def _load(self, index: int) -> Any:
         """Sample `index` (transformed); errors name shard and offset. `None` = skipped."""
         sample = None
+        if self._kept is not None:
+            index = int(self._kept[index])
         try:
             sample = self.reader.sample(index)
             return self.transform(sample) if self.transform is not None else sample
@@ -114,7 +136,9 @@ class _Base:
 
 class ShardDataset(_Base, torch.utils.data.Dataset):
     """Map-style access: `ds[i]` → sample dict (`key, shard, offset, json, images, members`),
-    or `transform(sample)`. With `skip_errors=True` a bad sample gives `None`."""
+    or `transform(sample)`. With `skip_errors=True` a bad sample gives `None`. With
+    `exclude=drop.txt` (`llava-pack dedup`) the listed samples are left out: `len()` and
+    indices count the kept samples only (ShardIterable takes `exclude=` the same way)."""
 
     def __getitem__(self, index: int) -> Any:
         n = len(self)
@@ -215,16 +239,17 @@ class ShardIterable(_Base, IterableDataset):
                  world_size: int | None = None, seed: int = 0, shuffle: bool = True,
                  buffer_size: int = 1000, epoch: int = 0,
                  transform: Callable[[dict], Any] | None = None,
-                 skip_errors: bool = False, even: str | None = None) -> None:
+                 skip_errors: bool = False, even: str | None = None,
+                 exclude: str | Path | None = None) -> None:
         if even not in EVEN_MODES:
             raise ValueError(f"even must be None, 'drop' or 'pad', not {even!r}")
-        super().__init__(path, transform=transform, skip_errors=skip_errors)
+        super().__init__(path, transform=transform, skip_errors=skip_errors, exclude=exclude)
         self.rank, self.world_size = _dist_rank_world(rank, world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} not in [0, {self.world_size})")
         self.seed, self.shuffle, self.buffer_size, self.epoch = seed, shuffle, buffer_size, epoch
         self.even = even
-        self.lengths = list(self.reader.shard_lengths)
+        self.lengths = self._kept_lengths()
         self._skip: dict[int, int] = {}  # worker id -> items to skip (set by a restore)
         self._consumed = 0  # items yielded by in-process (no-worker) iteration this epoch
         self._rotation = 0  # worker w serves stream (w + rotation) % num_workers (restores)
