@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
 from llava_ov15.data import SampleProcessor, preprocess_images
@@ -136,3 +137,25 @@ def test_exif_orientation_is_applied_before_resizing(fmt, orientation):
     h, w = smart_resize(*((97, 41) if orientation >= 5 else (41, 97)))
     assert grid[0, 1:].tolist() == [h // 14, w // 14] and h != w
     assert reference_rgb(data).size == upright.size
+
+
+class _Decode(torch.utils.data.Dataset):
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        return preprocess_images([self.data, self.data])[1]
+
+
+def test_forked_workers_decode_after_the_parent_did():
+    """A forked DataLoader worker must not wait on the parent's decode threads (which it does
+    not have): this hung forever once the parent had preprocessed an image itself."""
+    data = encode(Image.new("RGB", (300, 200), (10, 200, 30)), "PNG")
+    preprocess_images([data, data])  # the parent starts its decode threads
+    ctx = torch.multiprocessing.get_context("fork")
+    loader = torch.utils.data.DataLoader(_Decode(data), batch_size=None, num_workers=2,
+                                         multiprocessing_context=ctx, timeout=60)
+    assert [g.tolist() for g in loader] == [[[1, 14, 22]] * 2] * 4

@@ -7,7 +7,7 @@
 //! `ShardReader` is gone. (The buffer protocol itself is not available to abi3-py310 builds,
 //! hence numpy arrays as the view type.)
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bucketer::LengthCounter;
 use memmap2::Mmap;
@@ -186,6 +186,36 @@ impl ShardReader {
     }
 }
 
+/// The thread pool `preprocess_images` decodes on, one per process.
+///
+/// DataLoader workers are forked: a child inherits the parent's pool structures but not its
+/// threads, so work queued on a pool created before the fork (rayon's global one included,
+/// e.g. after the parent preprocessed a sample itself) would wait forever. The pool is
+/// therefore keyed by process id and rebuilt in a new process. Only called with the GIL held,
+/// so no other thread can hold the lock when Python forks.
+fn decode_pool() -> Result<Arc<rayon::ThreadPool>, String> {
+    static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut slot = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((owner, pool)) = slot.as_ref() {
+        if *owner == pid {
+            return Ok(pool.clone());
+        }
+    }
+    // A parent's pool: its threads do not exist here, so dropping it could block; leak it.
+    if let Some(inherited) = slot.take() {
+        std::mem::forget(inherited);
+    }
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("llava-preprocess-{i}"))
+            .build()
+            .map_err(|e| format!("cannot start decode threads: {e}"))?,
+    );
+    *slot = Some((pid, pool.clone()));
+    Ok(pool)
+}
+
 /// Image bytes from Python: a uint8 numpy array (e.g. a shard view) or `bytes`.
 #[derive(FromPyObject)]
 enum ImageBytes<'py> {
@@ -254,24 +284,28 @@ fn preprocess_images<'py>(
         parts.push(head);
         rest = tail;
     }
+    let pool = decode_pool().map_err(PyValueError::new_err)?;
     py.detach(|| {
-        parts
-            .into_par_iter()
-            .zip(slices.par_iter())
-            .zip(grids.par_iter())
-            .enumerate()
-            .try_for_each(|(i, ((out, bytes), (h, w)))| {
-                let rgb = vision::decode_rgb(bytes, &limits, alpha)
-                    .map_err(|e| format!("image {i}: {e}"))?;
-                let (hh, ww) =
-                    bucketer::smart_resize(rgb.height, rgb.width, factor, min_pixels, max_pixels)
+        pool.install(|| {
+            parts
+                .into_par_iter()
+                .zip(slices.par_iter())
+                .zip(grids.par_iter())
+                .enumerate()
+                .try_for_each(|(i, ((out, bytes), (h, w)))| {
+                    let rgb = vision::decode_rgb(bytes, &limits, alpha)
                         .map_err(|e| format!("image {i}: {e}"))?;
-                if (hh, ww) != (*h, *w) {
-                    return Err(format!("image {i}: decoded size differs from its header"));
-                }
-                vision::pixel_values_into(&rgb, *h, *w, patch_size, merge_size, out);
-                Ok(())
-            })
+                    let (hh, ww) = bucketer::smart_resize(
+                        rgb.height, rgb.width, factor, min_pixels, max_pixels,
+                    )
+                    .map_err(|e| format!("image {i}: {e}"))?;
+                    if (hh, ww) != (*h, *w) {
+                        return Err(format!("image {i}: decoded size differs from its header"));
+                    }
+                    vision::pixel_values_into(&rgb, *h, *w, patch_size, merge_size, out);
+                    Ok(())
+                })
+        })
     })
     .map_err(PyValueError::new_err)?;
     let grids: Vec<i64> = grids
