@@ -182,3 +182,40 @@ def test_pack_buckets_and_loader_honour_the_drop_list(planted, tmp_path, qwen_to
                 "--tokenizer", str(qwen_tokenizer), "--exclude", str(drop_txt),
                 "--progress", "quiet")
     assert "excluded" in p.stdout
+
+
+def _mme(data: Path, images: list[bytes]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (data / "MME" / "data").mkdir(parents=True)
+    n = len(images)
+    table = pa.table({
+        "question_id": [f"q{i}" for i in range(n)], "question": ["Is it?"] * n,
+        "answer": ["Yes"] * n, "category": ["existence"] * n,
+        "image": [{"bytes": b, "path": None} for b in images],
+    })
+    pq.write_table(table, data / "MME" / "data" / "test-00000-of-00001.parquet")
+
+
+def test_benchmark_images_contaminate_whatever_the_keeper(planted, tmp_path):
+    shards, _, _ = planted
+    photos = _photos()
+    buf = io.BytesIO()
+    photos["clock"].resize((200, 150)).save(buf, format="JPEG", quality=70)
+    noise = np.random.default_rng(5).integers(0, 255, (64, 64, 3), np.uint8)
+    _mme(tmp_path / "DATA", [_png(noise), buf.getvalue()])
+    stats = pack.dedup(shards, tmp_path / "d", against=tmp_path / "DATA", benchmarks=["mme"],
+                       contact_sheet=False, progress="quiet")
+    drop = _drop(tmp_path / "d")
+    assert drop["orig-clock"] == "contaminates mme row 1"
+    assert stats["dropped"]["contamination"] == 1 and stats["reference_images"] == 2
+    rows = read_jsonl(tmp_path / "d" / "contamination.jsonl")
+    assert [(r["key"], r["benchmark"], r["row"]) for r in rows] == [("orig-clock", "mme", 1)]
+    # A layout that is not the eval one, and an --against that is not a build: one-line errors.
+    p = run_cli("dedup", "--input", str(shards), "--output", str(tmp_path / "e"), "--against",
+                str(tmp_path), "--benchmarks", "mme", check=False)
+    assert p.returncode == 2 and "no data files found" in p.stderr, p.stderr
+    p = run_cli("dedup", "--input", str(shards), "--output", str(tmp_path / "f"), "--against",
+                str(tmp_path / "DATA"), check=False)
+    assert p.returncode == 2 and "not a llava-pack build output" in p.stderr, p.stderr
