@@ -290,3 +290,28 @@ def test_cli_errors_are_one_line(tmp_path, tokenizer):
     p = run_cli("pack", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                 "--tokenizer", tokenizer, "--max-len", "0", check=False)
     assert p.returncode == 2 and "--max-len" in p.stderr
+
+
+def test_pack_info_refuses_old_or_broken_manifests(tmp_path):
+    opts = {"caption_format": "pretrain", "tokenizer_sha256": "0" * 64,
+            "tokenizer_file": "tokenizer.json", "max_len": 8, "max_image_tokens": None,
+            "min_pixels": 3136, "max_pixels": 2_560_000, "system": None, "caption_prompt": "",
+            "eos_token": "<|im_end|>"}
+
+    def load(manifest):
+        (tmp_path / "manifest.json").write_text(manifest if isinstance(manifest, str)
+                                                else json.dumps(manifest))
+        return PackInfo.load(tmp_path)
+
+    info = load({"kind": "packed", "options": opts, "totals": {"packs": 2, "samples": 3}})
+    assert info.tokenizer_file is None and info.system is None and (info.packs, info.samples) \
+        == (2, 3)
+    old = {k: v for k, v in opts.items() if k not in ("caption_format", "eos_token")}
+    with pytest.raises(ValueError, match="older llava-pack"):
+        load({"kind": "packed", "options": old})
+    with pytest.raises(ValueError, match="options.max_len is True"):
+        load({"kind": "packed", "options": {**opts, "max_len": True}})
+    with pytest.raises(ValueError, match="caption_format 'plain'"):
+        load({"kind": "packed", "options": {**opts, "caption_format": "plain"}})
+    with pytest.raises(ValueError, match="unreadable manifest"):
+        load("{")
