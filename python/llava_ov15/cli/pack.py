@@ -222,8 +222,8 @@ def _pack_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pack",
         help="built shards → fixed-length packed shards (offline sequence packing)",
-        description="Measure every sample's token length (chat template + tokenizer + "
-        "smart_resize), pack samples best-fit-decreasing into sequences of at most --max-len "
+        description="Measure every sample's token length (its training string, see "
+        "--caption-format, + tokenizer + smart_resize), pack samples best-fit-decreasing into sequences of at most --max-len "
         "tokens, and write packed shards (one tar sample per pack) with .tar.idx, .nv-meta/, "
         "manifest.json, pack_stats.json and rejects.jsonl.",
     )
