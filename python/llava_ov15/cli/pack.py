@@ -224,8 +224,9 @@ def _pack_parser(sub: argparse._SubParsersAction) -> None:
         help="built shards → fixed-length packed shards (offline sequence packing)",
         description="Measure every sample's token length (its training string, see "
         "--caption-format, + tokenizer + smart_resize), pack samples best-fit-decreasing into "
-        "sequences of at most --max-len tokens, and write packed shards (one tar sample per pack) with .tar.idx, .nv-meta/, "
-        "manifest.json, pack_stats.json and rejects.jsonl.",
+        "sequences of at most --max-len tokens, and write packed shards (one tar sample per "
+        "pack) with .tar.idx, .nv-meta/, manifest.json, tokenizer.json, pack_stats.json and "
+        "rejects.jsonl.",
     )
     p.add_argument("--input", required=True, action=_Once,
                    help="directory of shards from `llava-pack build`")
