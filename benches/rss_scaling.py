@@ -1,6 +1,9 @@
 """Peak RSS of `llava-pack build` for 10k vs 200k input lines (memory must stay flat).
 
-    python benches/rss_scaling.py [--small 10000] [--large 200000]
+    python benches/rss_scaling.py [--small 10000] [--large 200000] [--array]
+
+`--array` writes the same records as one JSON array (`[{…}, {…}]`, streamed element by element)
+instead of JSON Lines.
 
 Both corpora reference the same 200 real-photo JPEGs (so the image work per line is the same)
 and run with `--dedup off`; the only growth expected is the key table (~10 B/sample).
@@ -35,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--large", type=int, default=200_000)
+    ap.add_argument("--array", action="store_true", help="one JSON array instead of JSONL")
     args = ap.parse_args()
     from llava_ov15.demo.corpus import CorpusSpec, write_corpus
 
@@ -44,13 +48,19 @@ def main() -> None:
         recs = [json.loads(x) for x in base.read_text().splitlines()]
         base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for n in (args.small, args.large):
-            corpus = work / "c" / f"lines{n}.jsonl"
+            corpus = work / "c" / (f"array{n}.json" if args.array else f"lines{n}.jsonl")
             with corpus.open("w") as f:
+                f.write("[\n" if args.array else "")
                 for i in range(n):
                     r = dict(recs[i % len(recs)], id=f"s{i}")
-                    f.write(json.dumps(r) + "\n")
+                    sep = ",\n" if args.array and i else ""
+                    f.write(sep + json.dumps(r) + ("" if args.array else "\n"))
+                f.write("\n]\n" if args.array else "")
             rss, secs = peak_rss_mb(corpus, work / f"out{n}")
-            print(f"{n:>8} lines: peak RSS {rss:7.1f} MB, {secs:6.1f}s ({n / secs:.0f} lines/s)")
+            unit = "elements" if args.array else "lines"
+            size = corpus.stat().st_size >> 20
+            print(f"{n:>8} {unit} ({size} MB): peak RSS {rss:7.1f} MB, {secs:6.1f}s"
+                  f" ({n / secs:.0f} {unit}/s)")
         print(f"(this driver process: {base_rss:.0f} MB)")
 
 
