@@ -154,6 +154,11 @@ def test_an_array_of_non_objects_is_all_rejects_with_a_clear_reason(tmp_path):
     assert (stats["records"], stats["samples"], stats["rejects"]) == (4, 0, 4)
     assert {r["reason"] for r in rejects} == {"not a JSON object"}
     assert [r["element"] for r in rejects] == [0, 1, 2, 3]
+    # Nothing written: exit 1, the example naming the element and its offset, not a "line".
+    p = run_cli("build", "--input", str(tmp_path / "bad.json"), "--output",
+                str(tmp_path / "again"), "--progress", "quiet", check=False)
+    assert p.returncode == 1
+    assert "bad.json element 0 (byte 1) not a JSON object" in p.stderr, p.stderr
 
 
 def test_a_top_level_object_is_refused_up_front(tmp_path):
@@ -238,16 +243,15 @@ def _write_text_array(path: Path, n: int) -> int:
     return path.stat().st_size
 
 
-def _peak_rss_mib(*args: str) -> int:
-    """Peak RSS of one `llava-pack` run, measured in a fresh parent so that no other child of
-    this process counts."""
-    probe = ("import resource, subprocess, sys\n"
-             "p = subprocess.run([sys.executable, '-m', 'llava_ov15.cli.pack', *sys.argv[1:]])\n"
-             "assert p.returncode == 0\n"
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n")
-    p = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+def _peak_rss_mib(src: Path, out: Path) -> int:
+    """Peak RSS (VmHWM) of a fresh process running the build: ru_maxrss would also count the
+    parent's peak, which survives fork and exec."""
+    code = ("from llava_ov15 import pack; "
+            f"pack.build({str(src)!r}, {str(out)!r}, dedup='off', progress='quiet'); "
+            "print([x.split()[1] for x in open('/proc/self/status') if x.startswith('VmHWM')][0])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=300, check=True)
-    return int(p.stdout.split()[-1])
+    return int(p.stdout.split()[-1]) // 1024
 
 
 def test_peak_memory_does_not_grow_with_the_array(tmp_path):
@@ -255,11 +259,8 @@ def test_peak_memory_does_not_grow_with_the_array(tmp_path):
     _write_text_array(small, 20_000)
     size = _write_text_array(big, 200_000)
     assert size > 90 << 20
-    common = ["--progress", "quiet", "--dedup", "off"]
-    rss_small = _peak_rss_mib("build", "--input", str(small), "--output",
-                              str(tmp_path / "o1"), *common)
-    rss_big = _peak_rss_mib("build", "--input", str(big), "--output", str(tmp_path / "o2"),
-                            *common)
+    rss_small = _peak_rss_mib(small, tmp_path / "o1")
+    rss_big = _peak_rss_mib(big, tmp_path / "o2")
     stats = _stats(tmp_path / "o2")
     assert stats["samples"] == 200_000 and stats["kinds"] == {"instruction": 200_000}
     # Ten times the elements (95 MB): the same memory, give or take the key table (8 bytes

@@ -105,7 +105,11 @@ def check_build(summary: dict[str, Any], max_reject_rate: float | None) -> None:
 
     def show(r: dict) -> str:
         rid = f" id={r['id']}" if r.get("id") is not None else ""
-        return f"{r.get('file')}:{r.get('line')}{rid} {r.get('reason')}"
+        if "element" in r:  # a JSON array: `line` is the element number, not a line
+            where = f"{r.get('file')} element {r['element']} (byte {r.get('offset')})"
+        else:
+            where = f"{r.get('file')}:{r.get('line')}"
+        return f"{where}{rid} {r.get('reason')}"
 
     if samples == 0:
         head = f"build wrote no samples: all {records} records were rejected"
