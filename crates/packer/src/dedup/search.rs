@@ -140,6 +140,7 @@ struct Walker<'p> {
     d: u32,
     levels: Vec<Level>,
     path: Vec<usize>,
+    must_differ: Vec<u64>,
     out: Vec<Pair>,
 }
 
@@ -199,8 +200,9 @@ impl Walker<'_> {
         let last = self.path.last().copied();
         // Blocks before the path's last block that are not on the path: a pair owned here
         // differs on every one of them (else its canonical path would be lexicographically
-        // smaller and it is reported there).
-        let mut must_differ: Vec<u64> = Vec::new();
+        // smaller and it is reported there). The buffer is reused: leaves are many and small.
+        let mut must_differ = std::mem::take(&mut self.must_differ);
+        must_differ.clear();
         if let Some(last) = last {
             for b in 0..last {
                 if !self.path.contains(&b) {
@@ -208,6 +210,11 @@ impl Walker<'_> {
                 }
             }
         }
+        self.scan(h, id, &must_differ);
+        self.must_differ = must_differ;
+    }
+
+    fn scan(&mut self, h: &[u64], id: &[u32], must_differ: &[u64]) {
         for a in 0..h.len() {
             for c in a + 1..h.len() {
                 let z = h[a] ^ h[c];
@@ -259,6 +266,7 @@ pub(crate) fn search_with(
         d,
         levels: (0..=plan.k).map(|_| Level::default()).collect(),
         path: Vec::new(),
+        must_differ: Vec::new(),
         out: Vec::new(),
     };
     let ids: Vec<u32> = (0..unique.len() as u32).collect();
