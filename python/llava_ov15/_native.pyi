@@ -26,9 +26,29 @@ def build(
     resume: bool = False,
     overwrite: bool = False,
     progress: str = "auto",
+    text_clean: str = "default",
+    text_rules: list[str] = ...,
+    max_text_tokens: int | None = None,
+    max_repeats: int | None = None,
+    boilerplate: str | None = None,
+    fix_placeholders: str = "off",
+    dedup_text: bool = False,
+    text_report: int = 0,
 ) -> str:
     """Run a build over ``inputs`` (files or globs, read in order); returns the summary as
-    JSON. ``dedup``: exact (= sample, the whole sample), image or off."""
+    JSON. ``dedup``: exact (= sample, the whole sample), image or off. ``text_*``: text
+    cleaning (docs/format.md, "Text cleaning")."""
+
+def clean_captions(
+    texts: list[str],
+    *,
+    text_clean: str = "default",
+    text_rules: list[str] = ...,
+    max_text_tokens: int | None = None,
+    max_repeats: int | None = None,
+    boilerplate: str | None = None,
+) -> list[tuple[str, str | None]]:
+    """Clean captions as ``build`` does: ``[(cleaned, rejecting rule or None), ...]``."""
 
 def probe_image(data: bytes) -> dict[str, object]:
     """Header probe: format, width, height, orientation, color, animated."""

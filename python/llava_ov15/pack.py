@@ -9,6 +9,7 @@ after writing everything (its ``summary`` attribute holds the summary).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -59,12 +60,30 @@ def build(
     overwrite: bool = False,
     progress: Literal["auto", "bar", "log", "quiet"] = "auto",
     max_reject_rate: float | None = DEFAULT_MAX_REJECT_RATE,
+    text_clean: Literal["default", "off", "strict"] = "default",
+    text_rules: str | Sequence[str] | None = None,
+    max_text_tokens: int | None = None,
+    max_repeats: int | None = None,
+    boilerplate: str | os.PathLike[str] | None = None,
+    fix_placeholders: Literal["off", "prepend"] = "off",
+    dedup_text: bool = False,
+    text_report: int = 0,
 ) -> dict[str, Any]:
     """Build WebDataset shards from a JSONL / JSONL.zst / Parquet corpus.
 
     ``input``: a file or glob, or a list of them read in that order. ``dedup``: ``exact``
     (= ``sample``, default) drops a sample whose images *and* normalised text repeat an earlier
     one; ``image`` drops a sample whose images alone repeat (caption corpora); ``off``.
+
+    Text cleaning (docs/format.md, "Text cleaning"), before dedup and writing:
+    ``text_clean`` ``default`` (normalise and reject with every rule), ``strict`` (tighter
+    thresholds) or ``off``; ``text_rules`` switches steps on top of it (``"-mojibake,+roles"``
+    or a list of such entries); ``max_text_tokens`` rejects texts estimated longer;
+    ``max_repeats`` is the repetition threshold (default 10, strict 5); ``boilerplate`` a file
+    of boilerplate captions (one per line) replacing the built-in list; ``fix_placeholders=
+    "prepend"`` adds ``<image>\n`` to a one-image conversation without a marker; ``dedup_text``
+    drops captions repeating an earlier cleaned caption; ``text_report`` N writes N
+    before/after examples per step to ``text_report.jsonl``.
 
     Returns the summary: records, samples, rejects, shards, bytes, seconds, stats.
     Raises ValueError for invalid options, InputError / OutputError / ResumeError
@@ -94,10 +113,46 @@ def build(
         resume=resume,
         overwrite=overwrite,
         progress=progress,
+        text_clean=text_clean,
+        text_rules=_text_rules(text_rules),
+        max_text_tokens=max_text_tokens,
+        max_repeats=max_repeats,
+        boilerplate=os.fspath(boilerplate) if boilerplate is not None else None,
+        fix_placeholders=fix_placeholders,
+        dedup_text=dedup_text,
+        text_report=text_report,
     )
     result = json.loads(summary)
     check_build(result, max_reject_rate)
     return result
+
+
+def _text_rules(rules: str | Sequence[str] | None) -> list[str]:
+    if rules is None:
+        return []
+    return [rules] if isinstance(rules, str) else list(rules)
+
+
+def clean_captions(
+    texts: Sequence[str],
+    *,
+    text_clean: Literal["default", "off", "strict"] = "default",
+    text_rules: str | Sequence[str] | None = None,
+    max_text_tokens: int | None = None,
+    max_repeats: int | None = None,
+    boilerplate: str | os.PathLike[str] | None = None,
+) -> list[tuple[str, str | None]]:
+    """Clean captions exactly as ``build`` cleans caption samples (same options): a list of
+    ``(cleaned caption, name of the rule that rejects it or None)``. For previews and
+    benchmarks; one thread."""
+    return _native.clean_captions(
+        list(texts),
+        text_clean=text_clean,
+        text_rules=_text_rules(text_rules),
+        max_text_tokens=max_text_tokens,
+        max_repeats=max_repeats,
+        boilerplate=os.fspath(boilerplate) if boilerplate is not None else None,
+    )
 
 
 def pack(
@@ -256,8 +311,10 @@ def dedup(
         multi_image=multi_image, against=other, references=references, overwrite=overwrite,
         progress=progress,
     ))
-    if contact_sheet:
-        sheet = helpers.contact_sheet(input, output)
-        if sheet is not None:
-            stats["contact_sheet"] = str(sheet)
+    sheet = helpers.contact_sheet(input, output) if contact_sheet else None
+    if sheet is not None:
+        stats["contact_sheet"] = str(sheet)
+    else:  # never leave an earlier run's sheet next to this run's clusters
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(output, "contact_sheet.png"))
     return stats

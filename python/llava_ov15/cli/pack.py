@@ -150,7 +150,67 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
         help="bar on a terminal, periodic log lines otherwise (auto)",
     )
     _reject_rate_arg(p, "the records")
+    _text_args(p)
     p.set_defaults(func=_run_build)
+
+
+def _text_args(p: argparse.ArgumentParser) -> None:
+    t = p.add_argument_group(
+        "text cleaning",
+        "captions and every conversation/messages turn are normalised and checked before "
+        "dedup and writing; see docs/format.md (Text cleaning)",
+    )
+    t.add_argument(
+        "--text-clean",
+        choices=["default", "off", "strict"],
+        default="default",
+        help="default: NFC, controls/zero-width/bidi marks, HTML (captions), whitespace, "
+        "mojibake; reject empty, URL, file-name, boilerplate, repetition, placeholder and "
+        "role problems. strict: tighter thresholds. off: text as given",
+    )
+    t.add_argument(
+        "--text-rules",
+        action="append",
+        metavar="SPEC",
+        help="switch steps on top of --text-clean, e.g. -mojibake,+roles (steps: mojibake, "
+        "html, controls, nfc, whitespace, empty, url, filename, boilerplate, repetition, "
+        "placeholders, roles); repeatable",
+    )
+    t.add_argument(
+        "--max-text-tokens",
+        type=parse_count,
+        help="reject samples whose text is estimated above this many tokens (too_long)",
+    )
+    t.add_argument(
+        "--max-repeats",
+        type=int,
+        help="repetition: reject a 1-8 token unit repeated this many times in a row "
+        "(default 10, strict 5)",
+    )
+    t.add_argument(
+        "--boilerplate",
+        metavar="FILE",
+        help="boilerplate captions, one per line (# comments), replacing the built-in list",
+    )
+    t.add_argument(
+        "--fix-placeholders",
+        choices=["off", "prepend"],
+        default="off",
+        help="prepend: add <image>\\n to the first human turn of a one-image conversation "
+        "without an <image> marker, as LLaVA's loaders do",
+    )
+    t.add_argument(
+        "--dedup-text",
+        action="store_true",
+        help="drop a caption sample whose cleaned caption repeats an earlier one",
+    )
+    t.add_argument(
+        "--text-report",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write N before/after examples per step to text_report.jsonl",
+    )
 
 
 def _run_build(args: argparse.Namespace) -> int:
@@ -182,6 +242,14 @@ def _build(args: argparse.Namespace) -> dict:
         overwrite=args.overwrite,
         progress=args.progress,
         max_reject_rate=args.max_reject_rate,
+        text_clean=args.text_clean,
+        text_rules=args.text_rules,
+        max_text_tokens=args.max_text_tokens,
+        max_repeats=args.max_repeats,
+        boilerplate=args.boilerplate,
+        fix_placeholders=args.fix_placeholders,
+        dedup_text=args.dedup_text,
+        text_report=args.text_report,
     )
 
 
@@ -197,6 +265,11 @@ def print_summary(s: dict) -> None:
         print(
             "rejects:  " + ", ".join(f"{k} {v}" for k, v in sorted(st["rejects_by_reason"].items()))
         )
+    text = st.get("text") or {}
+    changed = {k: v for k, v in text.get("changed", {}).items() if v}
+    if changed:
+        print("text:     " + ", ".join(f"{k} {v}" for k, v in sorted(changed.items()))
+              + f" (samples changed {text.get('samples_changed', 0)})")
     rate = (s["records"] - s["resumed_from"]) / max(s["seconds"], 1e-9)
     print(f"time:     {s['seconds']:.2f}s ({rate:.0f} records/s)")
 

@@ -256,4 +256,19 @@ mod tests {
         b.shard_size += 1;
         assert_ne!(a.fingerprint(&[]), b.fingerprint(&[]));
     }
+
+    #[test]
+    fn text_cleaning_options_are_validated_and_fingerprinted() {
+        let a = BuildOptions::new("a.jsonl", "out");
+        assert_eq!(a.fingerprint(&[])["text"]["mode"], "default");
+        let mut b = a.clone();
+        b.text.mode = crate::text::CleanMode::Off;
+        assert_ne!(a.fingerprint(&[]), b.fingerprint(&[]));
+        b.text.rules = vec!["+nope".into()];
+        assert!(b
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--text-rules"));
+    }
 }

@@ -88,7 +88,8 @@ pub fn whitespace_caption(s: &str) -> Option<String> {
 /// Conversation turns: newlines carry structure (lists, code, paragraphs) and indentation is
 /// kept. `\r\n`/`\r` and U+2028/U+2029 become `\n`, other odd spaces a plain space; trailing
 /// spaces and tabs of each line go; three or more newlines become a blank line; leading blank
-/// lines and trailing whitespace of the turn go.
+/// lines and trailing whitespace of the turn go, and so does leading whitespace of a one-line
+/// turn (indentation only means something with lines below it).
 pub fn whitespace_turn(s: &str) -> Option<String> {
     let simple = !s.bytes().any(|b| b == b'\r' || b >= 0x80);
     if simple && !needs_turn_fix(s) {
@@ -112,7 +113,11 @@ pub fn whitespace_turn(s: &str) -> Option<String> {
     // Trailing whitespace of the turn, then leading blank lines.
     let end = out.trim_end().len();
     out.truncate(end);
-    let lead = leading_blank_lines(&out);
+    let lead = if out.contains('\n') {
+        leading_blank_lines(&out)
+    } else {
+        out.len() - out.trim_start().len()
+    };
     if lead > 0 {
         out.drain(..lead);
     }
@@ -139,6 +144,9 @@ fn leading_blank_lines(s: &str) -> usize {
 /// Would [`whitespace_turn`] change an ASCII turn without `\r`?
 fn needs_turn_fix(s: &str) -> bool {
     if s.ends_with(char::is_whitespace) || s.contains("\n\n\n") || leading_blank_lines(s) > 0 {
+        return true;
+    }
+    if !s.contains('\n') && s.starts_with(char::is_whitespace) {
         return true;
     }
     s.contains(" \n") || s.contains("\t\n")
@@ -535,6 +543,7 @@ mod tests {
             Some("x y\nz")
         );
         assert_eq!(whitespace_turn("一、概要\n二、詳細"), None);
+        assert_eq!(whitespace_turn("  one line").as_deref(), Some("one line"));
     }
 
     #[test]

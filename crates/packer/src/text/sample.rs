@@ -69,12 +69,24 @@ fn clip(s: &str) -> String {
     }
 }
 
+/// The sample shapes, told apart by their fields in the input's order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Conversations,
+    Messages,
+    /// `instruction`/`response` (+ `system`): the template's two-turn conversation.
+    Instruction,
+    Caption,
+    /// No text field found (a shape this module does not know): nothing is judged.
+    Unknown,
+}
+
 /// Mutable references to every text of the sample, with their slots, and per turn its role
 /// and image-part count (messages).
 #[allow(clippy::type_complexity)]
 fn texts(
     fields: &mut Map<String, Value>,
-) -> (Vec<(&mut String, Slot)>, Vec<(&'static str, usize)>, bool) {
+) -> (Vec<(&mut String, Slot)>, Vec<(&'static str, usize)>, Shape) {
     let mut out = Vec::new();
     let mut turns = Vec::new();
     if matches!(fields.get("conversations"), Some(Value::Array(_))) {
@@ -95,7 +107,7 @@ fn texts(
                 ));
             }
         }
-        return (out, turns, false);
+        return (out, turns, Shape::Conversations);
     }
     if matches!(fields.get("messages"), Some(Value::Array(_))) {
         let Some(Value::Array(msgs)) = fields.get_mut("messages") else {
@@ -136,7 +148,34 @@ fn texts(
             }
             turns.push((role, images));
         }
-        return (out, turns, false);
+        return (out, turns, Shape::Messages);
+    }
+    if matches!(fields.get("instruction"), Some(Value::String(_))) {
+        // Several fields of one map at once: one pass over it, then the template's order.
+        let mut found: [Option<&mut String>; 3] = [None, None, None];
+        const KEYS: [(&str, &str); 3] = [
+            ("system", "system"),
+            ("instruction", "user"),
+            ("response", "assistant"),
+        ];
+        for (k, v) in fields.iter_mut() {
+            if let (Some(i), Value::String(s)) = (KEYS.iter().position(|(n, _)| n == k), v) {
+                found[i] = Some(s);
+            }
+        }
+        for (i, s) in found.into_iter().enumerate() {
+            if let Some(s) = s {
+                let (field, role) = KEYS[i];
+                let slot = Slot {
+                    field: field.to_string(),
+                    role: Some(role),
+                    turn: turns.len(),
+                };
+                turns.push((role, 0));
+                out.push((s, slot));
+            }
+        }
+        return (out, turns, Shape::Instruction);
     }
     if let Some(Value::String(c)) = fields.get_mut("caption") {
         out.push((
@@ -147,9 +186,9 @@ fn texts(
                 turn: 0,
             },
         ));
-        return (out, turns, true);
+        return (out, turns, Shape::Caption);
     }
-    (out, turns, false)
+    (out, turns, Shape::Unknown)
 }
 
 impl Cleaner {
@@ -173,7 +212,8 @@ impl Cleaner {
         if reporting {
             log.id = sample.id.clone();
         }
-        let (mut texts, turns, caption) = texts(&mut sample.fields);
+        let (mut texts, turns, shape) = texts(&mut sample.fields);
+        let caption = shape == Shape::Caption;
         let mut originals = Vec::new();
         for (s, slot) in texts.iter_mut() {
             let before = reporting.then(|| s.to_string());
@@ -194,7 +234,10 @@ impl Cleaner {
                 originals.push(before);
             }
         }
-        let verdict = self.judge(&mut texts, &turns, caption, n_images, &mut log);
+        let verdict = match shape {
+            Shape::Unknown => Ok(()),
+            _ => self.judge(&mut texts, &turns, shape, n_images, &mut log),
+        };
         if let Err((rule, reason, at)) = verdict {
             if reporting {
                 let (field, before, after) = match at {
@@ -227,26 +270,46 @@ impl Cleaner {
         cleaned
     }
 
+    /// Clean one caption the way [`Cleaner::clean_sample`] cleans a caption sample (the
+    /// normalisations, then the caption rules); returns the rejecting rule, if any. For
+    /// previews and the text-cleaning benchmark.
+    pub fn clean_caption(&self, s: &mut String) -> Option<&'static str> {
+        self.normalise(s, true);
+        let slot = Slot {
+            field: String::new(),
+            role: None,
+            turn: 0,
+        };
+        let mut texts = [(s, slot)];
+        let mut log = TextLog::default();
+        self.judge(&mut texts, &[], Shape::Caption, 1, &mut log)
+            .err()
+            .map(|e| e.0)
+    }
+
     /// The reject rules, in order; `Err((rule, reason, index of the text at fault))`.
     #[allow(clippy::type_complexity)]
     fn judge(
         &self,
         texts: &mut [(&mut String, Slot)],
         turns: &[(&'static str, usize)],
-        caption: bool,
+        shape: Shape,
         n_images: usize,
         log: &mut TextLog,
     ) -> Result<(), (&'static str, String, Option<usize>)> {
+        let caption = shape == Shape::Caption;
         if !caption {
             // Markers as the training template reads them: `<image>` in every conversation
-            // value, `{"type": "image"}` parts in messages.
-            let conv = texts
-                .first()
-                .is_some_and(|t| t.1.field.starts_with("conversations"));
-            let markers: usize = if conv {
-                texts.iter().map(|(s, _)| s.matches(MARKER).count()).sum()
-            } else {
-                turns.iter().map(|t| t.1).sum()
+            // value or in the instruction, `{"type": "image"}` parts in messages.
+            let conv = matches!(shape, Shape::Conversations | Shape::Instruction);
+            let markers: usize = match shape {
+                Shape::Conversations => texts.iter().map(|(s, _)| s.matches(MARKER).count()).sum(),
+                Shape::Instruction => texts
+                    .iter()
+                    .filter(|(_, slot)| slot.role == Some("user"))
+                    .map(|(s, _)| s.matches(MARKER).count())
+                    .sum(),
+                _ => turns.iter().map(|t| t.1).sum(),
             };
             if self.on("placeholders") || self.prepend {
                 self.placeholders(texts, conv, markers, n_images, log)?;
@@ -537,6 +600,24 @@ mod tests {
             r.log.examples[0].reason.as_deref(),
             Some("caption is only a file name")
         );
+    }
+
+    #[test]
+    fn instruction_samples_are_cleaned_and_judged_as_two_turns() {
+        let c = cleaner(|o| o.fix_placeholders = true);
+        let (s, r) = run(
+            &c,
+            r#"{"image":"a.jpg","system":" Be brief. ","instruction":"What is it?\u200b","response":"A  cat.\n\n\n\nOrange."}"#,
+        );
+        assert!(r.reject.is_none(), "{:?}", r.reject);
+        assert_eq!(s.fields["system"], "Be brief.");
+        assert_eq!(s.fields["instruction"], "<image>\nWhat is it?");
+        assert_eq!(s.fields["response"], "A  cat.\n\nOrange.");
+        let rep = format!(
+            r#"{{"instruction":"Hi","response":"{}"}}"#,
+            "ok ".repeat(20)
+        );
+        assert_eq!(rule(&c, &rep), Some("repetition"));
     }
 
     #[test]
