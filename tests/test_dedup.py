@@ -206,7 +206,9 @@ def test_benchmark_images_contaminate_whatever_the_keeper(planted, tmp_path):
     noise = np.random.default_rng(5).integers(0, 255, (64, 64, 3), np.uint8)
     _mme(tmp_path / "DATA", [_png(noise), buf.getvalue()])
     stats = pack.dedup(shards, tmp_path / "d", against=tmp_path / "DATA", benchmarks=["mme"],
-                       contact_sheet=False, progress="quiet")
+                       progress="quiet")
+    sheet = Image.open(tmp_path / "d" / "contact_sheet.png")
+    assert sheet.height >= 100 * (1 + min(12, stats["clusters"]))
     drop = _drop(tmp_path / "d")
     assert drop["orig-clock"] == "contaminates mme row 1"
     assert stats["dropped"]["contamination"] == 1 and stats["reference_images"] == 2

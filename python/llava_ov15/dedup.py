@@ -7,6 +7,7 @@ the build's own phash from the stored image bytes) and reads its ``drop.txt`` ba
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -123,36 +124,70 @@ def build_phash_mode(shards: str | os.PathLike[str]) -> str:
     return mode if mode in ("fast", "exact") else "fast"
 
 
+def benchmark_images(data_dir: str | os.PathLike[str],
+                     wanted: Iterable[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+    """Encoded bytes of the benchmark rows in ``wanted`` (first image column with data)."""
+    from llava_ov15.eval import benchmarks as registry
+
+    want: dict[str, set[int]] = {}
+    for name, row in wanted:
+        want.setdefault(name, set()).add(int(row))
+    out: dict[tuple[str, int], bytes] = {}
+    for name, rows in want.items():
+        b = registry.get(name)
+        table = b.load(Path(data_dir))
+        for column in b.image_columns:
+            for row, data in _raw_cells(table, column.rstrip("?")):
+                if row in rows and data is not None and (name, row) not in out:
+                    out[(name, row)] = bytes(data)
+    return out
+
+
 def contact_sheet(shards: str | os.PathLike[str], dedup_dir: str | os.PathLike[str],
                   output: str | os.PathLike[str] | None = None, *, clusters: int = 12,
-                  thumb: int = 96, per_row: int = 8) -> Path | None:
+                  thumb: int = 96, per_row: int = 8, contaminated: int = 8,
+                  references: dict[tuple[str, int], bytes] | None = None) -> Path | None:
     """PNG of the largest clusters (one row each, keeper first with a green frame, dropped
-    members with red) so a person can judge the threshold by eye. Returns its path, or None
-    when there is no cluster."""
+    members with red) and of up to ``contaminated`` contaminated samples (training image in
+    red, then the benchmark image from ``references`` in blue), so a person can judge the
+    threshold by eye. Returns its path, or None when there is nothing to show."""
     from PIL import Image, ImageDraw
 
     d = Path(dedup_dir)
     rows = [json.loads(line) for line in (d / "clusters.jsonl").read_text().splitlines() if line]
-    if not rows:
+    contam = [json.loads(line) for line in
+              (d / "contamination.jsonl").read_text().splitlines() if line][:contaminated]
+    if not rows and not contam:
         return None
     rows.sort(key=lambda c: (-c["size"], c["cluster"]))
     rows = rows[:clusters]
     reader = _native.ShardReader(os.fspath(shards))
-    sheet = Image.new("RGB", (per_row * (thumb + 4) + 4, len(rows) * (thumb + 4) + 4), "white")
+    height = (len(rows) + len(contam)) * (thumb + 4) + 4
+    sheet = Image.new("RGB", (per_row * (thumb + 4) + 4, height), "white")
     draw = ImageDraw.Draw(sheet)
+
+    def put(im, x: int, y: int, colour, label: str) -> None:
+        if im is None:
+            return
+        im.thumbnail((thumb, thumb))
+        ox, oy = 4 + x * (thumb + 4), 4 + y * (thumb + 4)
+        sheet.paste(im, (ox, oy))
+        draw.rectangle([ox - 2, oy - 2, ox + thumb + 1, oy + thumb + 1], outline=colour, width=2)
+        draw.text((ox + 2, oy + thumb - 12), label, fill=colour)
+
     for y, c in enumerate(rows):
         members = sorted(c["members"], key=lambda m: (not m["kept"], m["distance"]))[:per_row]
         for x, m in enumerate(members):
-            im = _member_image(reader, m)
-            if im is None:
-                continue
-            im.thumbnail((thumb, thumb))
-            ox, oy = 4 + x * (thumb + 4), 4 + y * (thumb + 4)
-            sheet.paste(im, (ox, oy))
             colour = (0, 170, 0) if m["kept"] else (200, 0, 0)
-            draw.rectangle([ox - 2, oy - 2, ox + thumb + 1, oy + thumb + 1], outline=colour,
-                           width=2)
-            draw.text((ox + 2, oy + thumb - 12), f"d={m['distance']}", fill=colour)
+            put(_member_image(reader, m), x, y, colour, f"d={m['distance']}")
+    for k, r in enumerate(contam):
+        y = len(rows) + k
+        put(_member_image(reader, r), 0, y, (200, 0, 0), f"d={r['distance']}")
+        ref = (references or {}).get((r["benchmark"], r["row"]))
+        if ref is not None:
+            with contextlib.suppress(Exception):
+                put(Image.open(io.BytesIO(ref)).convert("RGB"), 1, y, (0, 0, 200),
+                    f"{r['benchmark']} {r['row']}")
     out = Path(output) if output is not None else d / "contact_sheet.png"
     tmp = out.with_name(out.name + ".tmp")
     sheet.save(tmp, format="PNG")

@@ -145,6 +145,7 @@ def clean_captions(
     """Clean captions exactly as ``build`` cleans caption samples (same options): a list of
     ``(cleaned caption, name of the rule that rejects it or None)``. For previews and
     benchmarks; one thread."""
+    _non_negative(max_text_tokens=max_text_tokens or 0, max_repeats=max_repeats or 0)
     return _native.clean_captions(
         list(texts),
         text_clean=text_clean,
@@ -311,7 +312,14 @@ def dedup(
         multi_image=multi_image, against=other, references=references, overwrite=overwrite,
         progress=progress,
     ))
-    sheet = helpers.contact_sheet(input, output) if contact_sheet else None
+    sheet = None
+    if contact_sheet:
+        refs = None
+        if benchmarks and stats["contaminated_images"]:
+            with open(os.path.join(output, "contamination.jsonl"), encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            refs = helpers.benchmark_images(dirs[0], [(r["benchmark"], r["row"]) for r in rows[:8]])
+        sheet = helpers.contact_sheet(input, output, references=refs)
     if sheet is not None:
         stats["contact_sheet"] = str(sheet)
     else:  # never leave an earlier run's sheet next to this run's clusters
