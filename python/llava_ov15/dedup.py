@@ -163,7 +163,8 @@ def contact_sheet(shards: str | os.PathLike[str], dedup_dir: str | os.PathLike[s
     rows = rows[:clusters]
     reader = _native.ShardReader(os.fspath(shards))
     height = (len(rows) + len(contam)) * (thumb + 4) + 4
-    sheet = Image.new("RGB", (per_row * (thumb + 4) + 4, height), "white")
+    cols = max([min(per_row, c["size"]) for c in rows] + [2 if contam else 1])
+    sheet = Image.new("RGB", (cols * (thumb + 4) + 4, height), "white")
     draw = ImageDraw.Draw(sheet)
 
     def put(im, x: int, y: int, colour, label: str) -> None:
