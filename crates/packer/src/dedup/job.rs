@@ -329,9 +329,9 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         }
     }
 
-    // clusters.jsonl
+    // clusters.jsonl, streamed to its temp file (one cluster's rows in memory at a time).
+    let mut outs = Outputs::create(&o.output)?;
     let hash = |i: u32| corpus.hash[i as usize].expect("clustered images are hashed");
-    let mut clusters_out = Vec::new();
     let mut without_survivor = 0u64;
     for (id, (members, &k)) in clusters.iter().zip(&keepers).enumerate() {
         let ks = corpus.sample_of[k as usize] as usize;
@@ -364,12 +364,13 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
                 })
             })
             .collect();
-        clusters_out.push(json!({
+        let row = json!({
             "cluster": id,
             "size": members.len(),
             "keeper": corpus.samples[ks].key,
             "members": rows,
-        }));
+        });
+        outs.jsonl(CLUSTERS, &row)?;
     }
 
     let mut drop_lines: Vec<(&str, &str)> = (0..ns)
@@ -406,29 +407,15 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         },
         seconds: t0.elapsed().as_secs_f64(),
     };
-    let mut drop_txt = Vec::new();
     for (key, why) in &drop_lines {
-        writeln!(drop_txt, "{key}\t{why}").expect("write to Vec");
+        outs.line(DROP, format_args!("{key}\t{why}"))?;
     }
-    let jsonl = |rows: &[Value]| {
-        let mut b = Vec::new();
-        for r in rows {
-            serde_json::to_writer(&mut b, r).expect("JSON values serialise");
-            b.push(b'\n');
-        }
-        b
-    };
-    let mut stats = serde_json::to_vec_pretty(&summary).expect("summary serialises");
-    stats.push(b'\n');
-    write_all_or_nothing(
-        &o.output,
-        &[
-            ("drop.txt", drop_txt),
-            ("clusters.jsonl", jsonl(&clusters_out)),
-            ("contamination.jsonl", jsonl(&contamination)),
-            ("dedup_stats.json", stats),
-        ],
-    )?;
+    for row in &contamination {
+        outs.jsonl(CONTAMINATION, row)?;
+    }
+    let stats = serde_json::to_string_pretty(&summary).expect("summary serialises");
+    outs.line(STATS, format_args!("{stats}"))?;
+    outs.commit()?;
     say(
         o.progress,
         format_args!(
@@ -445,28 +432,85 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     Ok(summary)
 }
 
-/// Write every file as `{name}.tmp` first (fsynced), then rename them all: a failure before the
-/// renames leaves no new output file, and no reader ever sees a partial one.
-fn write_all_or_nothing(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
-    let out_err = |p: &Path, e: std::io::Error| PackError::output(p, e);
-    std::fs::create_dir_all(dir).map_err(|e| out_err(dir, e))?;
-    let tmp = |name: &str| dir.join(format!("{name}.tmp"));
-    for (name, data) in files {
-        let p = tmp(name);
-        let res = (|| {
-            let mut f = std::fs::File::create(&p)?;
-            f.write_all(data)?;
-            f.sync_all()
-        })();
-        if let Err(e) = res {
-            for (n, _) in files {
-                let _ = std::fs::remove_file(tmp(n));
+const DROP: usize = 0;
+const CLUSTERS: usize = 1;
+const CONTAMINATION: usize = 2;
+const STATS: usize = 3;
+const OUTPUT_FILES: [&str; 4] = [
+    "drop.txt",
+    "clusters.jsonl",
+    "contamination.jsonl",
+    "dedup_stats.json",
+];
+
+/// The output files, written as `{name}.tmp` and renamed together by [`Outputs::commit`]: a
+/// failure before that leaves no new output file (the temp files are removed on drop), and no
+/// reader ever sees a partial one.
+struct Outputs {
+    dir: PathBuf,
+    files: Vec<std::io::BufWriter<std::fs::File>>,
+    committed: bool,
+}
+
+impl Outputs {
+    fn tmp(dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!("{name}.tmp"))
+    }
+
+    fn create(dir: &Path) -> Result<Outputs> {
+        std::fs::create_dir_all(dir).map_err(|e| PackError::output(dir, e))?;
+        let mut outs = Outputs {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            committed: false,
+        };
+        for name in OUTPUT_FILES {
+            let p = Self::tmp(dir, name);
+            let f = std::fs::File::create(&p).map_err(|e| PackError::output(&p, e))?;
+            outs.files
+                .push(std::io::BufWriter::with_capacity(1 << 20, f));
+        }
+        Ok(outs)
+    }
+
+    fn err(&self, i: usize, e: std::io::Error) -> PackError {
+        PackError::output(Self::tmp(&self.dir, OUTPUT_FILES[i]), e)
+    }
+
+    fn line(&mut self, i: usize, text: std::fmt::Arguments<'_>) -> Result<()> {
+        writeln!(self.files[i], "{text}").map_err(|e| self.err(i, e))
+    }
+
+    fn jsonl(&mut self, i: usize, row: &Value) -> Result<()> {
+        serde_json::to_writer(&mut self.files[i], row)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.files[i].write_all(b"\n"))
+            .map_err(|e| self.err(i, e))
+    }
+
+    fn commit(mut self) -> Result<()> {
+        for i in 0..OUTPUT_FILES.len() {
+            let res = self.files[i]
+                .flush()
+                .and_then(|()| self.files[i].get_ref().sync_all());
+            res.map_err(|e| self.err(i, e))?;
+        }
+        for name in OUTPUT_FILES {
+            let to = self.dir.join(name);
+            std::fs::rename(Self::tmp(&self.dir, name), &to)
+                .map_err(|e| PackError::output(&to, e))?;
+        }
+        self.committed = true;
+        crate::shard::sync_dir(&self.dir).map_err(|e| PackError::output(&self.dir, e))
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        if !self.committed {
+            for name in OUTPUT_FILES {
+                let _ = std::fs::remove_file(Self::tmp(&self.dir, name));
             }
-            return Err(out_err(&p, e));
         }
     }
-    for (name, _) in files {
-        std::fs::rename(tmp(name), dir.join(name)).map_err(|e| out_err(&dir.join(name), e))?;
-    }
-    crate::shard::sync_dir(dir).map_err(|e| out_err(dir, e))
 }
