@@ -2,7 +2,8 @@
 //!
 //! Columns: `id` (string or integer), `image` (struct `{bytes, path}`, plain binary, or a
 //! path string), `images` (list of those), `caption` (string), `conversations` /
-//! `messages` (a JSON string or a list of structs). Every other column is passed through
+//! `messages` (a JSON string or a list of structs), `instruction` / `response` / `system`
+//! (strings: the instruction shape). Every other column is passed through
 //! into [`Sample::fields`](super::Sample::fields) as JSON, except binary columns, which
 //! have no JSON form and are left out. Rows are decoded in record batches of
 //! [`BATCH_SIZE`]; each becomes a [`Payload::Sample`] or a [`Payload::Invalid`].
@@ -51,12 +52,13 @@ impl ParquetReader {
         let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
             .map_err(|e| err(&format!("not a readable Parquet file: {e}")))?;
         let schema = meta.schema();
-        if !["caption", "conversations", "messages"]
+        if !["caption", "conversations", "messages", "instruction"]
             .iter()
             .any(|c| schema.field_with_name(c).is_ok())
         {
             return Err(err(
-                &"Parquet file has none of the columns caption, conversations, messages",
+                &"Parquet file has none of the columns caption, conversations, messages, \
+                  instruction",
             ));
         }
         let row_group_rows: Vec<u64> = meta
@@ -466,6 +468,21 @@ mod tests {
             cols.into_iter().map(|(_, c)| c).collect(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn instruction_columns_make_instruction_samples() {
+        let img = image_struct(&[(Some(b"JPEG"), Some("a.jpg"))], None);
+        let b = batch(vec![
+            ("image", Arc::new(img) as ArrayRef),
+            ("instruction", Arc::new(StringArray::from(vec!["What?"]))),
+            ("response", Arc::new(StringArray::from(vec!["A cat."]))),
+            ("system", Arc::new(StringArray::from(vec![None::<&str>]))),
+        ]);
+        let s = row_sample(&b, 0, Path::new("/root")).unwrap();
+        assert_eq!(s.kind, super::super::SampleKind::Instruction);
+        assert_eq!(s.fields["response"], "A cat.");
+        assert_eq!(s.images.len(), 1);
     }
 
     #[test]
