@@ -80,7 +80,7 @@ def _reject_rate_arg(p: argparse.ArgumentParser, of: str) -> None:
 def _build_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build",
-        help="corpus (JSONL / JSONL.zst / Parquet) → WebDataset shards",
+        help="corpus (JSONL / JSON array / .zst / Parquet) → WebDataset shards",
         description="Probe, hash and dedup every image of a corpus and write size-bounded "
         "WebDataset tar shards with .tar.idx indexes, megatron-energon metadata, "
         "manifest.json, stats.json and rejects.jsonl.",
@@ -89,11 +89,13 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
         "--input",
         required=True,
         action="append",
-        help="corpus.jsonl, corpus.jsonl.zst, file.parquet or a quoted glob ('dir/*.parquet'); "
-        "repeat it to read several inputs one after another, in the order given",
+        help="corpus.jsonl, corpus.json (a JSON array), either .zst-compressed, file.parquet or "
+        "a quoted glob ('dir/*.parquet'); repeat it to read several inputs one after another, "
+        "in the order given",
     )
     p.add_argument("--output", required=True, help="output directory (empty or a previous build)")
-    p.add_argument("--image-root", help="root for relative image paths (default: JSONL's folder)")
+    p.add_argument("--image-root",
+                   help="root for relative image paths (default: the input file's folder)")
     p.add_argument("--prefix", default="shard", help="shard name prefix (default: shard)")
     p.add_argument(
         "--shard-size",
