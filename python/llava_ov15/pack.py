@@ -69,7 +69,7 @@ def build(
     dedup_text: bool = False,
     text_report: int = 0,
 ) -> dict[str, Any]:
-    """Build WebDataset shards from a JSONL / JSONL.zst / Parquet corpus.
+    """Build WebDataset shards from a JSONL / JSON array (either .zst) / Parquet corpus.
 
     ``input``: a file or glob, or a list of them read in that order. ``dedup``: ``exact``
     (= ``sample``, default) drops a sample whose images *and* normalised text repeat an earlier
