@@ -212,6 +212,8 @@ def test_bad_text_options_are_one_line_errors(tmp_path):
         (["--boilerplate", str(tmp_path / "missing.txt")], "--boilerplate"),
         (["--max-repeats", "1"], "--max-repeats"),
         (["--text-clean", "loose"], "--text-clean"),
+        (["--text-report", "-1"], "text_report"),
+        (["--max-repeats", "-3"], "max_repeats"),
     ]:
         p = run_cli(*base, *extra, check=False)
         assert p.returncode == 2, (extra, p.stderr)

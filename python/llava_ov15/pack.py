@@ -93,7 +93,9 @@ def build(
     Otherwise per-sample problems are not raised: they are recorded in ``rejects.jsonl`` and
     counted in ``stats.json``.
     """
-    _non_negative(shard_size=shard_size, samples_per_shard=samples_per_shard, workers=workers)
+    _non_negative(shard_size=shard_size, samples_per_shard=samples_per_shard, workers=workers,
+                  text_report=text_report, max_text_tokens=max_text_tokens or 0,
+                  max_repeats=max_repeats or 0)
     check_rate(max_reject_rate)
     inputs = [input] if isinstance(input, str | os.PathLike) else list(input)
     summary = _native.build(

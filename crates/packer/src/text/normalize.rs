@@ -61,6 +61,9 @@ fn is_odd_space(c: char) -> bool {
 /// ideographic space (U+3000) is kept: in Japanese and Chinese text it is punctuation-like
 /// spacing, not dirt.
 pub fn whitespace_caption(s: &str) -> Option<String> {
+    if s.is_ascii() && !ascii_caption_needs_fix(s.as_bytes()) {
+        return None;
+    }
     let mut out = String::with_capacity(s.len());
     let mut run: Option<(usize, char)> = None; // (length, first char) of the pending run
     for c in s.chars() {
@@ -83,6 +86,18 @@ pub fn whitespace_caption(s: &str) -> Option<String> {
         out.push(c);
     }
     (out != s).then_some(out)
+}
+
+/// Would [`whitespace_caption`] change this ASCII text? (Saves building a copy of every
+/// caption that is already clean, the common case.)
+fn ascii_caption_needs_fix(b: &[u8]) -> bool {
+    let space = |c: u8| c.is_ascii_whitespace() || c == 0x0b;
+    match (b.first(), b.last()) {
+        (Some(&f), Some(&l)) if space(f) || space(l) => return true,
+        _ => {}
+    }
+    b.windows(2)
+        .any(|w| space(w[0]) && (w[0] != b' ' || space(w[1])))
 }
 
 /// Conversation turns: newlines carry structure (lists, code, paragraphs) and indentation is
@@ -524,6 +539,10 @@ mod tests {
         );
         assert_eq!(whitespace_caption("写真　富士山"), None);
         assert_eq!(whitespace_caption("a cat"), None);
+        assert_eq!(whitespace_caption("a\tcat").as_deref(), Some("a cat"));
+        assert_eq!(whitespace_caption("a\x0bcat").as_deref(), Some("a cat"));
+        assert_eq!(whitespace_caption("a  cat").as_deref(), Some("a cat"));
+        assert_eq!(whitespace_caption("a cat\n").as_deref(), Some("a cat"));
         assert_eq!(
             whitespace_caption("a\u{3000}\u{3000}b").as_deref(),
             Some("a b")

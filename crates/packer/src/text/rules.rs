@@ -266,22 +266,25 @@ pub fn boilerplate_form(text: &str) -> String {
 
 pub struct Boilerplate {
     phrases: HashSet<String>,
+    /// Bytes of the longest phrase: longer captions (after trimming) cannot match.
+    longest: usize,
 }
 
 impl Boilerplate {
     pub fn new<'a>(phrases: impl IntoIterator<Item = &'a str>) -> Self {
-        Boilerplate {
-            phrases: phrases
-                .into_iter()
-                .map(boilerplate_form)
-                .filter(|p| !p.is_empty())
-                .collect(),
-        }
+        let phrases: HashSet<String> = phrases
+            .into_iter()
+            .map(boilerplate_form)
+            .filter(|p| !p.is_empty())
+            .collect();
+        // Lower-casing may change a text's length in bytes (a few letters); keep a margin.
+        let longest = phrases.iter().map(String::len).max().unwrap_or(0) * 2 + 8;
+        Boilerplate { phrases, longest }
     }
 
     pub fn matches(&self, text: &str) -> bool {
-        // Cheap length gate: no entry is long, and most captions are.
-        text.len() <= 200 && self.phrases.contains(&boilerplate_form(text))
+        // Length gate before lower-casing a copy: phrases are short, most captions are not.
+        text.trim().len() <= self.longest + 64 && self.phrases.contains(&boilerplate_form(text))
     }
 }
 
