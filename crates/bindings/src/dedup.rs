@@ -79,11 +79,7 @@ type Hashed<'py> = (Bound<'py, PyArray1<u64>>, Vec<Option<String>>);
 /// `errors[i]` is None or why image `i` could not be hashed (its hash is then 0).
 #[pyfunction]
 #[pyo3(signature = (images, mode="fast"))]
-fn phash_images<'py>(
-    py: Python<'py>,
-    images: Vec<Vec<u8>>,
-    mode: &str,
-) -> PyResult<Hashed<'py>> {
+fn phash_images<'py>(py: Python<'py>, images: Vec<Vec<u8>>, mode: &str) -> PyResult<Hashed<'py>> {
     let mode = match mode {
         "exact" => PhashMode::Exact,
         "fast" => PhashMode::Fast,
