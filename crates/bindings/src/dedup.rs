@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use numpy::prelude::*;
 use numpy::{PyArray1, PyArray2, PyReadonlyArray1};
 use packer::dedup::{DedupOptions, Reference};
-use packer::image::{Limits, PhashMode};
+use packer::image::Limits;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rayon::prelude::*;
@@ -80,15 +80,7 @@ type Hashed<'py> = (Bound<'py, PyArray1<u64>>, Vec<Option<String>>);
 #[pyfunction]
 #[pyo3(signature = (images, mode="fast"))]
 fn phash_images<'py>(py: Python<'py>, images: Vec<Vec<u8>>, mode: &str) -> PyResult<Hashed<'py>> {
-    let mode = match mode {
-        "exact" => PhashMode::Exact,
-        "fast" => PhashMode::Fast,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "mode must be 'exact' or 'fast', not {other:?}"
-            )))
-        }
-    };
+    let mode = crate::image::hash_mode(mode)?;
     let results: Vec<Result<u64, String>> = py.detach(|| {
         images
             .par_iter()

@@ -34,6 +34,17 @@ fn probe_image<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>
     Ok(d)
 }
 
+/// `mode=` of the hashing functions: the build's phash modes that hash ("off" does not).
+pub(crate) fn hash_mode(mode: &str) -> PyResult<PhashMode> {
+    match mode {
+        "exact" => Ok(PhashMode::Exact),
+        "fast" => Ok(PhashMode::Fast),
+        other => Err(PyValueError::new_err(format!(
+            "mode must be 'exact' or 'fast', not {other:?}"
+        ))),
+    }
+}
+
 /// Perceptual hashes as 16-hex-digit strings (`str(imagehash.phash(...))` format):
 /// `{"phash": ..., "dhash": ... or None}`. `mode` is "exact" or "fast".
 #[pyfunction]
@@ -44,15 +55,7 @@ fn image_hashes<'py>(
     mode: &str,
     dhash: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let mode = match mode {
-        "exact" => PhashMode::Exact,
-        "fast" => PhashMode::Fast,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "mode must be 'exact' or 'fast', not {other:?}"
-            )))
-        }
-    };
+    let mode = hash_mode(mode)?;
     let a = py
         .detach(|| img::analyze(data, mode, dhash, &Limits::default()))
         .map_err(reject)?;

@@ -21,15 +21,14 @@
 //! Byte offsets are positions in the (decompressed) file, from 0.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use serde::de::IgnoredAny;
 
-use super::jsonl::Counting;
+use super::jsonl::{consumed_bytes, is_ws, open_counted};
 use super::Payload;
 use crate::error::{PackError, Result};
 
@@ -94,29 +93,7 @@ enum Parsed {
 
 impl JsonArrayReader {
     pub(super) fn open(path: &Path, zstd: bool) -> Result<Self> {
-        let file = File::open(path).map_err(|e| PackError::input(path, e))?;
-        let raw = Arc::new(AtomicU64::new(0));
-        let counting = Counting {
-            inner: file,
-            count: raw.clone(),
-        };
-        if !zstd {
-            let inner: Box<dyn Read + Send> = Box::new(counting);
-            return Ok(Self::from_reader(
-                path,
-                inner,
-                raw.clone(),
-                raw,
-                MAX_ELEMENT,
-            ));
-        }
-        let decoder = zstd::stream::read::Decoder::new(counting)
-            .map_err(|e| PackError::input(path, format!("zstd: {e}")))?;
-        let decoded = Arc::new(AtomicU64::new(0));
-        let inner: Box<dyn Read + Send> = Box::new(Counting {
-            inner: decoder,
-            count: decoded.clone(),
-        });
+        let (inner, raw, decoded) = open_counted(path, zstd)?;
         Ok(Self::from_reader(path, inner, raw, decoded, MAX_ELEMENT))
     }
 
@@ -146,13 +123,7 @@ impl JsonArrayReader {
 
     /// File bytes behind the records handed out so far (see `JsonlReader::consumed`).
     pub(super) fn consumed(&self) -> u64 {
-        let raw = self.raw.load(Ordering::Relaxed);
-        let decoded = self.decoded.load(Ordering::Relaxed);
-        if decoded == 0 {
-            return 0;
-        }
-        let taken = self.base + self.pos as u64;
-        (raw as u128 * taken.min(decoded) as u128 / decoded as u128) as u64
+        consumed_bytes(&self.raw, &self.decoded, self.base + self.pos as u64)
     }
 
     /// Records handed out or skipped so far: an array has no blank lines.
@@ -498,11 +469,6 @@ impl JsonArrayReader {
     }
 }
 
-/// JSON whitespace.
-fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
 /// Byte index of serde's 1-based `line`, `column` (bytes) in `bytes`.
 fn position(bytes: &[u8], line: usize, column: usize) -> usize {
     let mut at = 0;
@@ -563,6 +529,7 @@ impl Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::jsonl::Counting;
 
     fn reader(data: &[u8], max: usize) -> JsonArrayReader {
         let count = Arc::new(AtomicU64::new(0));

@@ -30,8 +30,44 @@ impl<R: Read> Read for Counting<R> {
 }
 
 /// JSON whitespace; a line made only of these is blank and skipped.
-fn is_ws(b: u8) -> bool {
+pub(super) fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// A file opened for streaming (decompressed when `zstd`), with its two byte counters:
+/// bytes read from the file (compressed for `.zst`) and bytes handed to the parser
+/// (decompressed; the same counter as the first for a plain file).
+pub(super) type Counted = (Box<dyn Read + Send>, Arc<AtomicU64>, Arc<AtomicU64>);
+
+pub(super) fn open_counted(path: &Path, zstd: bool) -> Result<Counted> {
+    let file = File::open(path).map_err(|e| PackError::input(path, e))?;
+    let raw = Arc::new(AtomicU64::new(0));
+    let counting = Counting {
+        inner: file,
+        count: raw.clone(),
+    };
+    if !zstd {
+        return Ok((Box::new(counting), raw.clone(), raw));
+    }
+    let decoder = zstd::stream::read::Decoder::new(counting)
+        .map_err(|e| PackError::input(path, format!("zstd: {e}")))?;
+    let decoded = Arc::new(AtomicU64::new(0));
+    let inner = Box::new(Counting {
+        inner: decoder,
+        count: decoded.clone(),
+    });
+    Ok((inner, raw, decoded))
+}
+
+/// File bytes behind `taken` decompressed bytes, for progress: for `.zst` the compressed
+/// position is interpolated from the decompressed one (exact at the end of the file).
+pub(super) fn consumed_bytes(raw: &AtomicU64, decoded: &AtomicU64, taken: u64) -> u64 {
+    let raw = raw.load(Ordering::Relaxed);
+    let decoded = decoded.load(Ordering::Relaxed);
+    if decoded == 0 {
+        return 0;
+    }
+    (raw as u128 * taken.min(decoded) as u128 / decoded as u128) as u64
 }
 
 pub(super) struct JsonlReader {
@@ -52,23 +88,7 @@ pub(super) struct JsonlReader {
 
 impl JsonlReader {
     pub(super) fn open(path: &Path, zstd: bool) -> Result<Self> {
-        let file = File::open(path).map_err(|e| PackError::input(path, e))?;
-        let raw = Arc::new(AtomicU64::new(0));
-        let counting = Counting {
-            inner: file,
-            count: raw.clone(),
-        };
-        if !zstd {
-            let inner: Box<dyn Read + Send> = Box::new(counting);
-            return Ok(Self::from_reader(path, inner, raw.clone(), raw, MAX_LINE));
-        }
-        let decoder = zstd::stream::read::Decoder::new(counting)
-            .map_err(|e| PackError::input(path, format!("zstd: {e}")))?;
-        let decoded = Arc::new(AtomicU64::new(0));
-        let inner: Box<dyn Read + Send> = Box::new(Counting {
-            inner: decoder,
-            count: decoded.clone(),
-        });
+        let (inner, raw, decoded) = open_counted(path, zstd)?;
         Ok(Self::from_reader(path, inner, raw, decoded, MAX_LINE))
     }
 
@@ -93,15 +113,9 @@ impl JsonlReader {
 
     /// File bytes behind the records handed out (or skipped) so far, for progress. Not the
     /// bytes read: the 4 MiB buffer reads ahead, which made a small file look done after its
-    /// first record. For `.zst` the compressed position is interpolated from the decompressed
-    /// one (exact at the end of the file).
+    /// first record (see [`consumed_bytes`]).
     pub(super) fn consumed(&self) -> u64 {
-        let raw = self.raw.load(Ordering::Relaxed);
-        let decoded = self.decoded.load(Ordering::Relaxed);
-        if decoded == 0 {
-            return 0;
-        }
-        (raw as u128 * self.taken.min(decoded) as u128 / decoded as u128) as u64
+        consumed_bytes(&self.raw, &self.decoded, self.taken)
     }
 
     /// Physical lines read or skipped so far, blank ones included.
