@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from llava_ov15 import _native
 from llava_ov15._native import InputError, OutputError, PackError, ResumeError
+from llava_ov15.data.lengths import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from llava_ov15.rejects import (
     DEFAULT_MAX_REJECT_RATE,
     RejectsError,
@@ -165,8 +166,8 @@ def pack(
     *,
     max_len: int = 8192,
     max_image_tokens: int | None = None,
-    min_pixels: int = 3136,
-    max_pixels: int = 2_560_000,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     prefix: str = "pack",
     packs_per_shard: int = 1000,
     shard_size: int = 1 << 30,
@@ -228,8 +229,8 @@ def buckets(
     output: str | os.PathLike[str],
     tokenizer: str | os.PathLike[str],
     *,
-    min_pixels: int = 3136,
-    max_pixels: int = 2_560_000,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 0,
     plots: bool = True,
     progress: Literal["auto", "bar", "log", "quiet"] = "auto",

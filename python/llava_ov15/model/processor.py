@@ -21,12 +21,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from llava_ov15.data.lengths import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 PATCH_SIZE = 14
 MERGE_SIZE = 2
-MIN_PIXELS = 3136
-MAX_PIXELS = 2_560_000
+# The pixel limits are defined once, beside the length counter that packs with them.
+MIN_PIXELS = DEFAULT_MIN_PIXELS
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 EVAL_MIN_PIXELS = 200_704
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
