@@ -267,11 +267,13 @@ fn prepare_output(opts: &BuildOptions, fingerprint: &serde_json::Value) -> Resul
         return Err(PackError::output(out, "exists and is not a directory"));
     }
     let has_job = paths.job.exists();
+    // Our state folder without its job file is a build killed before it wrote job.json (the
+    // folder is created first): nothing was built, so it counts as empty, not as foreign.
     let non_empty = out.is_dir()
         && std::fs::read_dir(out)
             .map_err(|e| oerr(out, e))?
-            .next()
-            .is_some();
+            .filter_map(|e| e.ok())
+            .any(|e| e.path() != paths.dir);
     if opts.overwrite && has_job {
         clean_previous(out, &opts.prefix)?;
     } else if opts.resume && has_job {
@@ -438,7 +440,25 @@ fn finalize(
 
 #[cfg(test)]
 mod tests {
-    use super::shard_number;
+    use super::{prepare_output, shard_number, BuildOptions, StatePaths};
+
+    #[test]
+    fn a_build_killed_before_its_job_file_can_be_resumed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(StatePaths::new(&out).dir).unwrap(); // killed here
+        let mut opts = BuildOptions::new("a.jsonl", &out);
+        opts.resume = true;
+        let fp = serde_json::json!({"k": 1});
+        prepare_output(&opts, &fp).unwrap();
+        assert!(StatePaths::new(&out).job.exists());
+        // Anything else in the folder is still someone else's.
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(StatePaths::new(&other).dir).unwrap();
+        std::fs::write(other.join("notes.txt"), b"x").unwrap();
+        let opts = BuildOptions::new("a.jsonl", &other);
+        assert!(prepare_output(&opts, &fp).is_err());
+    }
 
     #[test]
     fn recognises_only_our_shard_files() {
