@@ -20,10 +20,13 @@ if [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
 fi
 
-# System tools some tests need (Java for the COCO scorer, nasm for libjpeg-turbo SIMD).
+# System tools some tests need (Java for the COCO scorer, nasm for libjpeg-turbo SIMD,
+# headless Chromium + chromedriver for the web demo's browser test).
 need=()
 command -v nasm >/dev/null 2>&1 || need+=(nasm)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: apt-get install ${need[*]}" >&2
