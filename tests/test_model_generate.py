@@ -146,3 +146,29 @@ def test_never_generates_vision_placeholders():
                                                                use_cache=use_cache, **NO_EOS))
         assert len(out.sequences[0]) == 4
         assert not {tok.image, tok.video} & set(out.sequences[0])
+
+
+def test_stream_return_finishes_row_and_sampler_replaces_sampling(model):
+    """A batch row stops where its stream callback says so; the others run on unchanged."""
+    prompts, pv, g = _prompts(model)
+    cfg = GenerationConfig(max_new_tokens=6, **NO_EOS)
+    full = generate(model, prompts, pv, g, cfg)
+    seen: list[tuple[int, int]] = []
+
+    def stream(row, token):
+        seen.append((row, token))
+        return "cancelled" if row == 1 and len([r for r, _ in seen if r == 1]) == 2 else None
+
+    out = generate(model, prompts, pv, g, cfg, stream=stream)
+    assert out.finish_reasons == ["length", "cancelled", "length"]
+    assert out.sequences[1] == full.sequences[1][:2]
+    assert out.sequences[0] == full.sequences[0] and out.sequences[2] == full.sequences[2]
+    calls = []
+
+    def lowest(logits):  # a deliberately different rule: always the lowest-scoring token
+        calls.append(logits.shape)
+        return logits.masked_fill(logits.isinf(), float("inf")).argmin(-1)
+
+    low = generate(model, prompts[1:2], config=cfg, sampler=lowest, keep_logits=True)
+    assert len(calls) == 6 and calls[0] == (1, model.config.text.vocab_size)
+    assert low.sequences[0] == [int(x[0].argmin()) for x in low.logits]

@@ -32,7 +32,7 @@ class GenerationConfig:
 @dataclass
 class GenerationOutput:
     sequences: list[list[int]]  # new tokens per row (without eos)
-    finish_reasons: list[str]  # "eos" | "stop" | "length"
+    finish_reasons: list[str]  # "eos" | "stop" | "length" | a reason returned by `stream`
     texts: list[str] | None = None
     logits: list[torch.Tensor] = field(default_factory=list)  # per step [B, V] (keep_logits)
 
@@ -75,15 +75,19 @@ def generate(
     pixel_values: torch.Tensor | None = None,
     image_grid_thw: torch.Tensor | None = None,
     config: GenerationConfig | None = None,
-    stream: Callable[[int, int], None] | None = None,
+    stream: Callable[[int, int], str | None] | None = None,
     decode: Callable[[list[int]], str] | None = None,
     keep_logits: bool = False,
+    sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> GenerationOutput:
     """Generate for a batch of token-id prompts.
 
     Images of all rows are passed together in row order (as their placeholders appear).
-    `stream(row, token_id)` is called for every accepted token as soon as it is chosen.
+    `stream(row, token_id)` is called for every accepted token as soon as it is chosen; when it
+    returns a string, that row finishes here with the string as its finish reason (how a server
+    applies per-request token limits, stop strings and cancellation within one batch).
     `decode` (ids -> text) enables stop strings and fills `texts`.
+    `sampler(logits [B, V]) -> ids [B]` replaces `sample_next` (per-row sampling settings).
     """
     cfg = config or GenerationConfig()
     tok = model.config.tokens
@@ -124,7 +128,7 @@ def generate(
             logits_log.append(logits.cpu())
         # A generated <|image_pad|>/<|video_pad|> has no pixels behind it and cannot be fed back.
         logits = logits.index_fill(-1, vision_pads, float("-inf"))
-        nxt = sample_next(logits, cfg, gen)
+        nxt = sampler(logits) if sampler is not None else sample_next(logits, cfg, gen)
         nxt = torch.where(done, torch.full_like(nxt, tok.endoftext), nxt)
         for i, token in enumerate(nxt.tolist()):
             if done[i]:
@@ -133,8 +137,9 @@ def generate(
                 done[i], reasons[i] = True, "eos"
                 continue
             out[i].append(token)
-            if stream is not None:
-                stream(i, token)
+            if stream is not None and (why := stream(i, token)) is not None:
+                done[i], reasons[i] = True, why
+                continue
             if cfg.stop_strings:
                 text = decode(out[i])
                 if any(s in text for s in cfg.stop_strings):
