@@ -67,9 +67,21 @@ class DataSection:
     max_pixels: int | None = None  # synthetic default: ....MAX_PIXELS
     caption_format: str | None = None  # packed only: how the pack renders captions
     max_image_tokens: int | None = None  # packed only: the pack's image-token cap per pack
+    # Cap on merged vision tokens per micro-batch (None = no cap): the largest images of a
+    # micro-batch over the cap are shrunk with smart_resize (never dropped). Also the starting
+    # point of the lower cap a step retries with after a CUDA out-of-memory error.
+    max_image_tokens_per_step: int | None = None
 
 
 SYNTHETIC_SEQ_LEN = 128
+
+
+@dataclass
+class HardMiningSection:
+    fraction: float = 0.1  # the hardest fraction of the samples seen (by recent loss)
+    boost: float = 2.0  # each hard sample is drawn this many times (fractions drawn by seed)
+    warmup_steps: int = 0  # no oversampling before this optimizer step
+    ema: float = 0.0  # recent loss = ema·previous + (1-ema)·new; 0 = the last loss
 
 
 @dataclass
@@ -93,6 +105,14 @@ class TrainSection:
     recompute: bool = False  # full activation recompute (LLM layers and vision blocks)
     trainable: list[str] | None = None  # parameter-name prefixes; None = the stage's default
     exit_after_steps: int | None = None  # debug: deliver SIGTERM to ourselves after this step
+    # Stage 1 image-text contrastive term (InfoNCE, learnable temperature) added to the LM loss
+    # with this weight; 0 = off.
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.07  # initial temperature (CLIP's)
+    # Stage 2 hard-sample mining: {fraction, boost, warmup_steps, ema}; None = off.
+    hard_mining: HardMiningSection | None = None
+    oom_retry: bool = True  # retry a step once with a lower image-token cap after CUDA OOM
+    inject_oom_at_step: int | None = None  # debug/tests: raise an OOM in this step's 1st try
 
 
 @dataclass
@@ -222,6 +242,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):  # an optional section, e.g. train.hard_mining
+        return _build(tp, value or {}, f"{key}.")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -337,6 +359,7 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     _need(cfg.log.progress in ("auto", "bar", "log", "quiet"), "log.progress",
           f"invalid {cfg.log.progress!r}")
     _need(p.attention in ("auto", "te", "mask"), "parallel.attention", f"invalid {p.attention!r}")
+    validate_extras(cfg)
     _need(cfg.checkpoint.sharding_type in ("fully_reshardable", "dp_reshardable"),
           "checkpoint.sharding_type", "must be fully_reshardable or dp_reshardable")
     for key, v in (("train.steps", t.steps), ("train.global_batch_size", t.global_batch_size),
@@ -381,6 +404,28 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
         per_step = d.micro_batch_size * dp
         _need(t.global_batch_size % per_step == 0, "train.global_batch_size",
               f"{t.global_batch_size} is not a multiple of micro_batch_size·dp = {per_step}")
+
+
+def validate_extras(cfg: TrainConfig) -> None:
+    """The recipe extras (contrastive term, hard mining, image-token cap, OOM retry)."""
+    t, d, p = cfg.train, cfg.data, cfg.parallel
+    _need(t.contrastive_weight >= 0, "train.contrastive_weight", "must be >= 0")
+    _need(0 < t.contrastive_temperature <= 1, "train.contrastive_temperature",
+          "must be in (0, 1]")
+    _need(t.contrastive_weight == 0 or p.pp == 1, "train.contrastive_weight",
+          "the contrastive term needs parallel.pp=1 (vision and caption states on one stage)")
+    _need(d.max_image_tokens_per_step is None or d.max_image_tokens_per_step >= 1,
+          "data.max_image_tokens_per_step", "must be >= 1 (or unset)")
+    m = t.hard_mining
+    if m is not None:
+        _need(0 < m.fraction < 1, "train.hard_mining.fraction", "must be in (0, 1)")
+        _need(m.boost >= 1, "train.hard_mining.boost", "must be >= 1")
+        _need(m.warmup_steps >= 0, "train.hard_mining.warmup_steps", "must be >= 0")
+        _need(0 <= m.ema < 1, "train.hard_mining.ema", "must be in [0, 1)")
+        _need(p.pp == 1, "train.hard_mining", "needs parallel.pp=1 (losses and data on one rank)")
+        _need(d.path is not None or d.kind == "packed" or d.num_packs is not None,
+              "train.hard_mining", "needs epochs: a finite dataset (data.path, or "
+              "data.num_packs for synthetic data)")
 
 
 def resolved_dp(cfg: TrainConfig, world_size: int) -> int:
