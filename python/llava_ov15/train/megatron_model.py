@@ -136,7 +136,10 @@ class LlavaMegatron(MegatronModule):
         self.language.set_input_tensor(input_tensor)
 
     def forward(self, input_ids, position_ids, cu_seqlens, labels=None, pixel_values=None,
-                image_grid_thw=None):
+                image_grid_thw=None, pooled: dict | None = None):
+        """`pooled` (a dict, for the contrastive term) receives "vision" (merged vision tokens
+        [N_img, H] in <|image_pad|> order) on the first stage and "hidden" (final-norm hidden
+        states [S, B, H]) on the last, both still in the autograd graph."""
         b, s = input_ids.shape
         lang = self.language
         seg = segment_ids(cu_seqlens, b, s)
@@ -149,6 +152,8 @@ class LlavaMegatron(MegatronModule):
                 if feats.shape[0] != int(is_img.sum()):
                     raise ValueError(f"{feats.shape[0]} image features for "
                                      f"{int(is_img.sum())} <|image_pad|> tokens")
+                if pooled is not None:
+                    pooled["vision"] = feats
                 emb = emb.transpose(0, 1).masked_scatter(is_img[..., None], feats.to(emb.dtype))
                 emb = emb.transpose(0, 1).contiguous()
             elif bool(is_img.any()):
@@ -174,6 +179,8 @@ class LlavaMegatron(MegatronModule):
                              rotary_pos_emb=rope)
         if not self.post_process:
             return h
+        if pooled is not None:
+            pooled["hidden"] = h
         logits, _ = lang.output_layer(h)  # [S, B, V/tp]
         if labels is None:  # inference / tests: full-vocab logits [B, S, V]
             full = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
