@@ -221,3 +221,28 @@ def test_benchmark_images_contaminate_whatever_the_keeper(planted, tmp_path):
     p = run_cli("dedup", "--input", str(shards), "--output", str(tmp_path / "f"), "--against",
                 str(tmp_path / "DATA"), check=False)
     assert p.returncode == 2 and "not a llava-pack build output" in p.stderr, p.stderr
+
+
+def test_verify_dhash_rejects_pairs_and_needs_a_dhash_build(planted, tmp_path):
+    shards, copies, originals = planted
+    with pytest.raises(pack.InputError, match=r"manifest\.json.*--dhash"):
+        pack.dedup(shards, tmp_path / "x", verify="dhash", progress="quiet")
+    assert not (tmp_path / "x").exists()
+    dh = tmp_path / "s"
+    pack.build(str(shards.parent / "corpus.jsonl"), str(dh), samples_per_shard=7, dhash=True,
+               progress="quiet")
+    plain = pack.dedup(dh, tmp_path / "a", contact_sheet=False, progress="quiet")
+    v = pack.dedup(dh, tmp_path / "v", verify="dhash", contact_sheet=False, progress="quiet")
+    assert (v["verify"], v["verify_distance"], plain["verify"]) == ("dhash", 10, "off")
+    # Verification only removes pairs: every phash pair is either kept or counted as rejected.
+    assert v["pairs"] + v["pairs_rejected_by_verify"] == plain["pairs"]
+    assert copies <= set(_drop(tmp_path / "v")), "planted copies are within 10 dhash bits"
+    strict = pack.dedup(dh, tmp_path / "z", verify="dhash", verify_distance=0,
+                        contact_sheet=False, progress="quiet")
+    assert strict["pairs_rejected_by_verify"] > 0
+    assert strict["dropped"]["near_duplicate"] < plain["dropped"]["near_duplicate"]
+    p = run_cli("dedup", "--input", str(dh), "--output", str(tmp_path / "c"), "--verify", "dhash",
+                "--verify-distance", "3", "--no-contact-sheet", "--progress", "quiet")
+    assert "rejected by dhash (> 3 bits)" in p.stdout
+    with pytest.raises(ValueError, match="0..16"):
+        pack.dedup(dh, tmp_path / "e", verify="dhash", verify_distance=17)

@@ -193,6 +193,8 @@ def dedup(
     max_distance: int = 8,
     keep: str = "largest",
     multi_image: str = "any",
+    verify: str | None = None,
+    verify_distance: int = 10,
     against: list[str] = ...,
     references: list[tuple[int, str, int]] = ...,
     overwrite: bool = False,

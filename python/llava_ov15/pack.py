@@ -273,6 +273,8 @@ def dedup(
     max_distance: int = 8,
     keep: Literal["largest", "first"] = "largest",
     multi_image: Literal["any", "all"] = "any",
+    verify: Literal["dhash"] | None = None,
+    verify_distance: int = 10,
     against: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     benchmarks: Sequence[str] | None = None,
     overwrite: bool = False,
@@ -286,12 +288,18 @@ def dedup(
     largest clusters; returns the stats. ``against``: with ``benchmarks``, an evaluation data
     directory (the layout ``python -m llava_ov15.eval`` reads) whose images are hashed with the
     build's phash; without, other build outputs to dedup against. Every training sample within
-    ``max_distance`` of such an image is dropped, whatever the keeper rule.
+    ``max_distance`` of such an image is dropped, whatever the keeper rule. ``verify="dhash"``
+    (shards built with ``dhash=True``): a pair of training images also needs its dhashes within
+    ``verify_distance`` (0..16) bits to count; matches against ``against`` are not verified.
     """
     from llava_ov15 import dedup as helpers
 
     if not 0 <= int(max_distance) <= 16:
         raise ValueError(f"max_distance must be in 0..16, got {max_distance}")
+    if verify not in (None, "dhash"):
+        raise ValueError(f"verify must be None or 'dhash', got {verify!r}")
+    if not 0 <= int(verify_distance) <= 16:
+        raise ValueError(f"verify_distance must be in 0..16, got {verify_distance}")
     dirs = [] if against is None else (
         [against] if isinstance(against, str | os.PathLike) else list(against))
     say = (lambda m: None) if progress == "quiet" else (
@@ -312,7 +320,8 @@ def dedup(
             other.append(os.fspath(d))
     stats = json.loads(_native.dedup(
         os.fspath(input), os.fspath(output), max_distance=int(max_distance), keep=keep,
-        multi_image=multi_image, against=other, references=references, overwrite=overwrite,
+        multi_image=multi_image, verify=verify, verify_distance=int(verify_distance),
+        against=other, references=references, overwrite=overwrite,
         progress=progress,
     ))
     sheet = None

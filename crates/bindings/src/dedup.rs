@@ -36,7 +36,8 @@ fn near_duplicates<'py>(
 /// image hashes as `(hash, benchmark, row)` tuples.
 #[pyfunction]
 #[pyo3(signature = (input, output, *, max_distance=8, keep="largest", multi_image="any",
-    against=Vec::new(), references=Vec::new(), overwrite=false, progress="auto"))]
+    verify=None, verify_distance=packer::dedup::DEFAULT_VERIFY_DISTANCE, against=Vec::new(),
+    references=Vec::new(), overwrite=false, progress="auto"))]
 #[allow(clippy::too_many_arguments)]
 fn dedup(
     py: Python<'_>,
@@ -45,6 +46,8 @@ fn dedup(
     max_distance: u32,
     keep: &str,
     multi_image: &str,
+    verify: Option<&str>,
+    verify_distance: u32,
     against: Vec<PathBuf>,
     references: Vec<(u64, String, i64)>,
     overwrite: bool,
@@ -56,6 +59,10 @@ fn dedup(
     o.multi_image = multi_image
         .parse()
         .map_err(|e: String| PyValueError::new_err(e))?;
+    if let Some(v) = verify {
+        o.verify = v.parse().map_err(|e: String| PyValueError::new_err(e))?;
+    }
+    o.verify_distance = verify_distance;
     o.against = against;
     o.references = references
         .into_iter()

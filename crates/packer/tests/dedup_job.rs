@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use packer::dedup::{dedup, DedupOptions, KeepRule, MultiImage, Reference};
+use packer::dedup::{dedup, DedupOptions, KeepRule, MultiImage, Reference, Verify};
 use packer::shard::{Member, ShardWriter};
 use packer::{PackError, Progress};
 use serde_json::{json, Value};
@@ -13,9 +13,21 @@ use serde_json::{json, Value};
 type Spec<'a> = (&'a str, Vec<(Value, u64, u64)>);
 
 fn write_shards(dir: &Path, samples: &[Spec], manifest_phash: &str) {
+    write_shards_with(dir, samples, json!({"phash": manifest_phash}), &|_, _| {
+        Value::Null
+    });
+}
+
+/// [`write_shards`] with the manifest's options and each image's dhash (by sample, image).
+fn write_shards_with(
+    dir: &Path,
+    samples: &[Spec],
+    options: Value,
+    dhash: &dyn Fn(usize, usize) -> Value,
+) {
     std::fs::create_dir_all(dir).unwrap();
     let mut w = ShardWriter::create(dir, "shard", 0).unwrap();
-    for (key, images) in samples {
+    for (si, (key, images)) in samples.iter().enumerate() {
         let n = images.len();
         let suffix = |x: usize| {
             if n == 1 {
@@ -28,7 +40,8 @@ fn write_shards(dir: &Path, samples: &[Spec], manifest_phash: &str) {
             .iter()
             .enumerate()
             .map(|(x, (h, wd, ht))| {
-                json!({"member": suffix(x), "width": wd, "height": ht, "phash": h, "dhash": null})
+                json!({"member": suffix(x), "width": wd, "height": ht, "phash": h,
+                       "dhash": dhash(si, x)})
             })
             .collect();
         let doc = json!({"id": key, "kind": "caption", "caption": "c", "images": meta});
@@ -51,7 +64,7 @@ fn write_shards(dir: &Path, samples: &[Spec], manifest_phash: &str) {
     let info = w.finish().unwrap();
     let manifest = json!({"format_version": 1,
         "shards": [{"name": info.name, "samples": info.samples, "bytes": info.bytes}],
-        "options": {"phash": manifest_phash}});
+        "options": options});
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
 }
 
@@ -246,4 +259,78 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
     dedup(&o, &no).unwrap();
     assert!(out.join("drop.txt").exists());
     assert!(!out.join("drop.txt.tmp").exists());
+}
+
+#[test]
+fn verify_dhash_splits_pairs_whose_dhashes_differ() {
+    let t = tempfile::tempdir().unwrap();
+    let inp = t.path().join("in");
+    // dhash per sample: s0, s1, s3 near each other, except s3 which is 20 bits away.
+    let dh = |s: usize, _| match s {
+        0 => h(C),
+        1 => h(C ^ 0b11),
+        3 => h(C ^ 0xfffff),
+        _ => h(B ^ s as u64),
+    };
+    let opts_json = json!({"phash": "fast", "dhash": true});
+    write_shards_with(&inp, &corpus(), opts_json, &dh);
+    let out = t.path().join("out");
+    let mut o = opts(&inp, &out);
+    o.verify = Verify::Dhash;
+    o.verify_distance = 4;
+    let s = dedup(&o, &AtomicBool::new(false)).unwrap();
+    // s0-s1 verified (2 dhash bits); s0-s3, s1-s3 rejected (20 bits); s2-s4: B^2 vs B^4.
+    assert_eq!(
+        drop_keys(&out),
+        vec!["s0\tnear-duplicate of s1", "s4\tnear-duplicate of s2"]
+    );
+    assert_eq!(s.pairs_rejected_by_verify, 2);
+    assert_eq!(s.pairs, 2);
+    assert_eq!(s.distance_histogram.iter().sum::<u64>(), 2);
+    let stats: Value =
+        serde_json::from_slice(&std::fs::read(out.join("dedup_stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["verify"], "dhash");
+    assert_eq!(stats["verify_distance"], 4);
+    assert_eq!(stats["pairs_rejected_by_verify"], 2);
+    // Without --verify the same corpus joins s3 too.
+    o.verify = Verify::Off;
+    o.overwrite = true;
+    let s = dedup(&o, &AtomicBool::new(false)).unwrap();
+    assert_eq!(s.pairs_rejected_by_verify, 0);
+    assert_eq!(s.dropped["near_duplicate"], 3);
+}
+
+#[test]
+fn verify_dhash_without_dhashes_names_the_file() {
+    let t = tempfile::tempdir().unwrap();
+    let no = AtomicBool::new(false);
+    // The manifest says the build had no --dhash.
+    let inp = t.path().join("in");
+    write_shards_with(
+        &inp,
+        &corpus(),
+        json!({"phash": "fast", "dhash": false}),
+        &|_, _| Value::Null,
+    );
+    let mut o = opts(&inp, &t.path().join("o1"));
+    o.verify = Verify::Dhash;
+    let e = dedup(&o, &no).unwrap_err().to_string();
+    assert!(e.contains("manifest.json") && e.contains("--dhash"), "{e}");
+    assert!(!t.path().join("o1").exists());
+    // No manifest option, and one image lacks its dhash: the shard and sample are named.
+    let inp = t.path().join("in2");
+    let dh = |s: usize, _| if s == 2 { Value::Null } else { h(s as u64) };
+    write_shards_with(&inp, &corpus(), json!({"phash": "fast"}), &dh);
+    let mut o = opts(&inp, &t.path().join("o2"));
+    o.verify = Verify::Dhash;
+    let e = dedup(&o, &no).unwrap_err().to_string();
+    assert!(
+        e.contains("shard-000000.tar") && e.contains("\"s2\""),
+        "{e}"
+    );
+    o.verify_distance = 17;
+    assert!(dedup(&o, &no)
+        .unwrap_err()
+        .to_string()
+        .contains("--verify-distance"));
 }

@@ -416,6 +416,11 @@ def _dedup_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multi-image", choices=["any", "all"], default="any",
                    help="drop a multi-image sample when any (default) / all of its images are "
                    "duplicates of another sample's kept image")
+    p.add_argument("--verify", choices=["dhash"],
+                   help="also require the dhashes of a pair within --verify-distance (needs "
+                   "shards built with --dhash); cuts false pairs of the 64-bit phash")
+    p.add_argument("--verify-distance", type=int, default=10,
+                   help="largest dhash distance (0..16) of a verified pair (default 10)")
     p.add_argument("--against", action="append",
                    help="with --benchmarks: evaluation data directory (python -m llava_ov15.eval "
                    "layout); without: another build output to dedup against (repeatable)")
@@ -434,12 +439,16 @@ def _run_dedup(args: argparse.Namespace) -> int:
     benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()] if args.benchmarks \
         else None
     s = pack.dedup(args.input, args.output, max_distance=args.max_distance, keep=args.keep,
-                   multi_image=args.multi_image, against=args.against, benchmarks=benches,
+                   multi_image=args.multi_image, verify=args.verify,
+                   verify_distance=args.verify_distance, against=args.against, benchmarks=benches,
                    overwrite=args.overwrite, contact_sheet=not args.no_contact_sheet,
                    progress=args.progress)
     dropped = s["dropped"]
     print(f"images:   {s['images']} ({s['hashed_images']} hashed, {s['distinct_hashes']} distinct)")
     print(f"pairs:    {s['pairs']} within {s['max_distance']} bits in {s['clusters']} clusters")
+    if s["verify"] != "off":
+        print(f"verify:   {s['pairs_rejected_by_verify']} pairs rejected by {s['verify']} "
+              f"(> {s['verify_distance']} bits)")
     print(f"dropped:  {dropped['near_duplicate']} near-duplicate, {dropped['contamination']} "
           f"contaminated; kept {s['kept_samples']} of {s['samples']} samples")
     print(f"output:   {args.output}/drop.txt")

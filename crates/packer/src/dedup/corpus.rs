@@ -24,6 +24,8 @@ struct ImageDoc {
     #[serde(default)]
     height: u64,
     phash: Option<String>,
+    #[serde(default)]
+    dhash: Option<String>,
 }
 
 /// One sample: its key, shard and the range of its images in [`Corpus::hash`].
@@ -45,6 +47,10 @@ pub struct Corpus {
     pub hash: Vec<Option<u64>>,
     pub pixels: Vec<u64>,
     pub sample_of: Vec<u32>,
+    /// Per image: dhash (`None` unless the build ran with `--dhash`), for `--verify dhash`.
+    pub dhash: Vec<Option<u64>>,
+    /// The manifest's `options.dhash` (`None`: no manifest, or it does not say).
+    pub dhash_built: Option<bool>,
 }
 
 /// Parse a 16-hex-digit hash as `llava-pack build` writes it.
@@ -83,12 +89,17 @@ impl Corpus {
                     .into(),
             ));
         }
+        let dhash_built = set
+            .manifest
+            .as_ref()
+            .and_then(|m| m.pointer("/options/dhash"))
+            .and_then(|v| v.as_bool());
         if set.shards.is_empty() {
             return Err(bad(
                 "no shards (no *.tar and no manifest.json listing any)".into()
             ));
         }
-        type ShardRows = Vec<(String, Vec<(Option<u64>, u64)>)>;
+        type ShardRows = Vec<(String, Vec<(Option<u64>, u64, Option<u64>)>)>;
         let per_shard: Vec<Result<ShardRows>> = (0..set.shards.len())
             .into_par_iter()
             .map(|s| {
@@ -112,14 +123,14 @@ impl Corpus {
                         .map_err(|e| bad(format!("{}: bad json: {e}", at())))?;
                     let mut images = Vec::with_capacity(doc.images.len());
                     for (n, im) in doc.images.iter().enumerate() {
-                        let h = match &im.phash {
-                            Some(t) => Some(
-                                parse_hash(t)
-                                    .map_err(|e| bad(format!("{}: images[{n}]: {e}", at())))?,
-                            ),
-                            None => None,
+                        let parse = |t: &Option<String>, what: &str| {
+                            t.as_deref().map(parse_hash).transpose().map_err(|e| {
+                                let e = e.replacen("phash", what, 1);
+                                bad(format!("{}: images[{n}]: {e}", at()))
+                            })
                         };
-                        images.push((h, im.width.saturating_mul(im.height)));
+                        let (h, dh) = (parse(&im.phash, "phash")?, parse(&im.dhash, "dhash")?);
+                        images.push((h, im.width.saturating_mul(im.height), dh));
                     }
                     if images.len() > u16::MAX as usize {
                         return Err(bad(format!("{}: more than 65535 images", at())));
@@ -131,6 +142,7 @@ impl Corpus {
             .collect();
         let mut c = Corpus {
             shards: set.shards.iter().map(|s| s.name.clone()).collect(),
+            dhash_built,
             ..Corpus::default()
         };
         for (s, rows) in per_shard.into_iter().enumerate() {
@@ -144,8 +156,9 @@ impl Corpus {
                         .map_err(|_| bad("more than 2^32 images".into()))?,
                     images: images.len() as u16,
                 });
-                for (h, px) in images {
+                for (h, px, dh) in images {
                     c.hash.push(h);
+                    c.dhash.push(dh);
                     c.pixels.push(px);
                     c.sample_of.push(sample);
                 }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::cluster::{KeepRule, UnionFind};
 use super::corpus::Corpus;
 use super::search::{search_distinct, Distinct, SearchError, MAX_DISTANCE};
+use super::verify::{dhashes, Linker, Verify, DEFAULT_VERIFY_DISTANCE};
 use crate::build::Progress;
 use crate::error::{PackError, Result};
 
@@ -54,6 +55,9 @@ pub struct DedupOptions {
     pub max_distance: u32,
     pub keep: KeepRule,
     pub multi_image: MultiImage,
+    /// `--verify dhash`: a training pair also needs its dhashes within `verify_distance`.
+    pub verify: Verify,
+    pub verify_distance: u32,
     /// Other build outputs: a training sample within the distance of any of their images is
     /// dropped (dedup a new corpus against an old one).
     pub against: Vec<PathBuf>,
@@ -71,6 +75,8 @@ impl DedupOptions {
             max_distance: DEFAULT_MAX_DISTANCE,
             keep: KeepRule::Largest,
             multi_image: MultiImage::Any,
+            verify: Verify::Off,
+            verify_distance: DEFAULT_VERIFY_DISTANCE,
             against: Vec::new(),
             references: Vec::new(),
             overwrite: false,
@@ -83,6 +89,12 @@ impl DedupOptions {
             return Err(PackError::InvalidOption(format!(
                 "--max-distance must be in 0..={MAX_DISTANCE}, not {}",
                 self.max_distance
+            )));
+        }
+        if self.verify_distance > MAX_DISTANCE {
+            return Err(PackError::InvalidOption(format!(
+                "--verify-distance must be in 0..={MAX_DISTANCE}, not {}",
+                self.verify_distance
             )));
         }
         if self.output.exists() && !self.overwrite {
@@ -113,8 +125,11 @@ pub struct DedupSummary {
     /// Images without a hash (`phash: null`), not compared.
     pub skipped_no_hash: u64,
     pub distinct_hashes: u64,
-    /// Training image pairs within the distance (pairs of equal hashes included).
+    /// Training image pairs within the distance (pairs of equal hashes included), and with
+    /// `--verify` within the verify distance too.
     pub pairs: u64,
+    /// Training image pairs within the phash distance whose dhashes were not (`--verify`).
+    pub pairs_rejected_by_verify: u64,
     pub clusters: u64,
     pub clustered_images: u64,
     /// Clusters whose keeper's sample is dropped anyway (another of its images is a
@@ -129,6 +144,9 @@ pub struct DedupSummary {
     pub max_distance: u32,
     pub keep: String,
     pub multi_image: String,
+    pub verify: String,
+    /// `--verify-distance` (null without `--verify`).
+    pub verify_distance: Option<u32>,
     pub seconds: f64,
 }
 
@@ -191,6 +209,11 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         .collect();
     all.extend(refs.iter().map(|r| r.hash));
     let n_train = hashed.len();
+    let dh = match o.verify {
+        Verify::Off => None,
+        Verify::Dhash => Some(dhashes(&corpus, &o.input, &hashed)?),
+    };
+    let mut linker = dh.as_deref().map(|dh| Linker::new(dh, o.verify_distance));
     let t1 = Instant::now();
     let distinct = Distinct::new(&all).map_err(search_err)?;
     let pairs =
@@ -232,9 +255,15 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         let (train, rf) = split(u);
         let t = train.len() as u64;
         distinct_train += u64::from(t > 0);
-        hist[0] += t * t.saturating_sub(1) / 2;
-        for w in train.windows(2) {
-            uf.union(hashed[w[0] as usize], hashed[w[1] as usize]);
+        if let Some(l) = linker.as_mut() {
+            hist[0] += l.within(train, &mut |x, y| {
+                uf.union(hashed[x as usize], hashed[y as usize]);
+            });
+        } else {
+            hist[0] += t * t.saturating_sub(1) / 2;
+            for w in train.windows(2) {
+                uf.union(hashed[w[0] as usize], hashed[w[1] as usize]);
+            }
         }
         if let Some(&r) = rf.first() {
             for &x in train {
@@ -245,9 +274,15 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     for p in &pairs {
         let (ta, ra) = split(p.i as usize);
         let (tb, rb) = split(p.j as usize);
-        hist[p.distance as usize] += ta.len() as u64 * tb.len() as u64;
-        if let (Some(&x), Some(&y)) = (ta.first(), tb.first()) {
-            uf.union(hashed[x as usize], hashed[y as usize]);
+        if let Some(l) = linker.as_mut() {
+            hist[p.distance as usize] += l.cross(ta, tb, &mut |x, y| {
+                uf.union(hashed[x as usize], hashed[y as usize]);
+            });
+        } else {
+            hist[p.distance as usize] += ta.len() as u64 * tb.len() as u64;
+            if let (Some(&x), Some(&y)) = (ta.first(), tb.first()) {
+                uf.union(hashed[x as usize], hashed[y as usize]);
+            }
         }
         for (train, rf) in [(ta, rb), (tb, ra)] {
             if let Some(&r) = rf.first() {
@@ -264,6 +299,8 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     }
     drop(pairs);
     drop(distinct);
+    let rejected_by_verify = linker.map_or(0, |l| l.rejected);
+    drop(dh);
 
     // Contamination first: those samples go whatever the keeper rule says.
     let ns = corpus.samples.len();
@@ -391,6 +428,7 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         skipped_no_hash: (corpus.images() - n_train) as u64,
         distinct_hashes: distinct_train,
         pairs: hist.iter().sum(),
+        pairs_rejected_by_verify: rejected_by_verify,
         clusters: clusters.len() as u64,
         clustered_images: clusters.iter().map(|c| c.len() as u64).sum(),
         clusters_without_survivor: without_survivor,
@@ -405,6 +443,8 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
             MultiImage::Any => "any".into(),
             MultiImage::All => "all".into(),
         },
+        verify: o.verify.name().into(),
+        verify_distance: (o.verify != Verify::Off).then_some(o.verify_distance),
         seconds: t0.elapsed().as_secs_f64(),
     };
     for (key, why) in &drop_lines {

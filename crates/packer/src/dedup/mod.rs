@@ -4,6 +4,7 @@
 //! - [`search`]: exact Hamming range search (every pair within `d`, multi-index hashing).
 //! - [`cluster`]: union-find components and the deterministic keeper rule.
 //! - [`corpus`]: the hashes of a build output, from its index and per-sample json only.
+//! - [`verify`]: `--verify dhash`, the second hash a candidate pair must also agree on.
 //! - [`exclude`]: reading `drop.txt` for `--exclude` (pack, buckets).
 //! - [`job`]: the job itself and its all-or-nothing outputs.
 
@@ -12,8 +13,10 @@ pub mod corpus;
 pub mod exclude;
 pub mod job;
 pub mod search;
+pub mod verify;
 
 pub use cluster::{KeepRule, UnionFind};
 pub use exclude::read_exclude;
 pub use job::{dedup, DedupOptions, DedupSummary, MultiImage, Reference, DEFAULT_MAX_DISTANCE};
 pub use search::{near_duplicates, Pair, SearchError, MAX_DISTANCE};
+pub use verify::{Verify, DEFAULT_VERIFY_DISTANCE};
