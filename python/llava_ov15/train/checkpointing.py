@@ -196,7 +196,8 @@ def load(path: str | Path, model, optimizer=None, scheduler=None, data=None,
         if not same:  # another layout: data-parallel rank r's state, or rank 0's
             cands = sorted((path / "extra").glob("rank_*.pt"))
             states = [torch.load(c, weights_only=False) for c in cands]
-            by_dp = {s["dp_rank"]: s for s in states}
+            # only the ranks that read data (TP rank 0, first stage) hold a data position
+            by_dp = {s["dp_rank"]: s for s in states if s["data"] is not None}
             extra = by_dp.get(ps.get_data_parallel_rank(), by_dp.get(0))
         if extra is not None and extra["data"] is not None:
             data.load_state_dict(extra["data"])
@@ -210,14 +211,23 @@ def load_model_only(path: str | Path, model) -> None:
     """
     path = latest_checkpoint(path) or path
     sd = _sharded(model, None, "fully_reshardable", is_loading=True)
+    # The contrastive temperature (train.contrastive_weight) is not in converted checkpoints or
+    # in those of runs without it: it then keeps its initial value.
+    stored = dist_checkpointing.load_tensors_metadata(str(path))
+    fresh = [k for k in list(sd["model"]) if k.startswith("contrastive.") and k not in stored]
+    for k in fresh:
+        del sd["model"][k]
     loaded = dist_checkpointing.load(sd, str(path))
-    _load_model(model, loaded["model"])
+    _load_model(model, loaded["model"], allow_missing=fresh)
 
 
-def _load_model(model, state) -> None:
+def _load_model(model, state, allow_missing=()) -> None:
     model = [unwrap(m) for m in model]
     if len(model) == 1:
-        model[0].load_state_dict(state)
+        missing, unexpected = model[0].load_state_dict(state, strict=False)
+        bad = sorted(set(missing) - set(allow_missing)) + sorted(unexpected)
+        if bad:
+            raise RuntimeError(f"checkpoint does not match the model: {bad[:5]}")
     else:
         for i, m in enumerate(model):
             m.load_state_dict(state[f"model{i}"])

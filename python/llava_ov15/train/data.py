@@ -38,7 +38,13 @@ IGNORE_INDEX = -100
 
 
 class BatchSource(Protocol):
+    """Also a row stream: `next_row()` -> one padded row (`pad_row` fields plus ``key``, the
+    sample's identity, and ``epoch``); `mbs` rows make a micro-batch (`collate_rows`)."""
+
+    mbs: int
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]: ...
+    def next_row(self) -> dict[str, Any]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -71,6 +77,7 @@ def collate_rows(rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     grid = [r["image_grid_thw"] for r in rows if r["image_grid_thw"] is not None
             and len(r["image_grid_thw"])]
     return {
+        "keys": [r.get("key") for r in rows],  # per row, for hard-sample mining (not broadcast)
         "input_ids": torch.stack([r["input_ids"] for r in rows]),
         "labels": torch.stack([r["labels"] for r in rows]),
         "position_ids": torch.stack([r["position_ids"] for r in rows]),
@@ -123,7 +130,7 @@ class SyntheticPackedSource:
         self.image_sizes, self.caption_words = tuple(image_sizes), tuple(caption_words)
         self.num_classes, self.images_per_sample = num_classes, images_per_sample
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
-        self.step = 0  # micro-batches this rank has yielded
+        self.rows = 0  # rows this rank has yielded
         # Caption words: "w<k>" exist in the test word tokenizer; any BPE tokenizer splits them.
         self.vocab = [[f"w{20 + 6 * c + j}" for j in range(6)] for c in range(num_classes)]
         self.colours = np.random.default_rng(seed + 99).integers(0, 256, (num_classes, 3))
@@ -185,14 +192,26 @@ class SyntheticPackedSource:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
 
+    @property
+    def step(self) -> int:  # micro-batches this rank has yielded
+        return self.rows // self.mbs
+
+    def next_row(self) -> dict[str, Any]:
+        k, j = divmod(self.rows, self.mbs)
+        g = (k * self.dp_size + self.dp_rank) * self.mbs + j
+        self.rows += 1
+        row = self.pack(g)
+        row["key"] = f"pack{g % self.num_packs if self.num_packs else g}"
+        row["epoch"] = g // self.num_packs if self.num_packs else 0
+        return row
+
     def __next__(self) -> dict[str, torch.Tensor]:
-        first = (self.step * self.dp_size + self.dp_rank) * self.mbs
-        self.step += 1
-        return collate_rows([self.pack(first + j) for j in range(self.mbs)])
+        return collate_rows([self.next_row() for _ in range(self.mbs)])
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "synthetic", "seed": self.seed, "seq_len": self.seq_len,
-                "packs_consumed": self.step * self.dp_size * self.mbs}
+                "packs_consumed": self.step * self.dp_size * self.mbs,
+                "row": self.rows % self.mbs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "synthetic" or state["seed"] != self.seed:
@@ -201,7 +220,7 @@ class SyntheticPackedSource:
         if state["packs_consumed"] % per:
             raise ValueError(f"{state['packs_consumed']} packs consumed is not a multiple of "
                              f"dp·micro_batch_size = {per}")
-        self.step = state["packs_consumed"] // per
+        self.rows = state["packs_consumed"] // per * self.mbs + int(state.get("row", 0))
 
 
 # ---- adapter onto the real loader (llava_ov15.data) ----------------------------------------
@@ -221,7 +240,8 @@ def split_pack(item: dict[str, Any], image_token: int, merge: int = 2) -> list[d
             raise ValueError(f"sub-sample at token {start} has {want} image tokens but its "
                              f"images give {got}")
         npix = int(grid[first:img].prod(-1).sum()) if img > first else 0
-        out.append({"input_ids": sub, "labels": labels[start:start + n], "seq_lens": [n],
+        out.append({"key": f"{item.get('key')}#{len(out)}",
+                    "input_ids": sub, "labels": labels[start:start + n], "seq_lens": [n],
                     "pixel_values": pv[pix:pix + npix], "image_grid_thw": grid[first:img]})
         start, pix = start + n, pix + npix
     return out
@@ -281,23 +301,23 @@ class PackedShardSource:
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict[str, torch.Tensor]:
-        rows = []
-        for _ in range(self.mbs):
-            it = self._next_row()
-            n = len(it["input_ids"])
-            if n > self.seq_len:
-                from .config import ConfigError
+    def next_row(self) -> dict[str, Any]:
+        it = self._next_row()
+        n = len(it["input_ids"])
+        if n > self.seq_len:
+            from .config import ConfigError
 
-                raise ConfigError(f"a pack of {n} tokens does not fit data.seq_len="
-                                  f"{self.seq_len}")
-            ids, lab, pos, lens = pad_row(torch.as_tensor(it["input_ids"]),
-                                          torch.as_tensor(it["labels"]), list(it["seq_lens"]),
-                                          self.seq_len, self.pad_id)
-            rows.append({"input_ids": ids, "labels": lab, "position_ids": pos, "seq_lens": lens,
-                         "pixel_values": torch.as_tensor(it["pixel_values"]),
-                         "image_grid_thw": torch.as_tensor(it["image_grid_thw"])})
-        return collate_rows(rows)
+            raise ConfigError(f"a pack of {n} tokens does not fit data.seq_len={self.seq_len}")
+        ids, lab, pos, lens = pad_row(torch.as_tensor(it["input_ids"]),
+                                      torch.as_tensor(it["labels"]), list(it["seq_lens"]),
+                                      self.seq_len, self.pad_id)
+        return {"input_ids": ids, "labels": lab, "position_ids": pos, "seq_lens": lens,
+                "pixel_values": torch.as_tensor(it["pixel_values"]),
+                "image_grid_thw": torch.as_tensor(it["image_grid_thw"]),
+                "key": str(it.get("key")), "epoch": self.epoch}
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return collate_rows([self.next_row() for _ in range(self.mbs)])
 
     def state_dict(self) -> dict[str, Any]:
         loader = dict(self.loader.state_dict())

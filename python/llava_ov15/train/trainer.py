@@ -82,8 +82,11 @@ def init_runtime(cfg: TrainConfig) -> Runtime:
 
 # ---- model / optimizer ---------------------------------------------------------------------
 def trainable_prefixes(cfg: TrainConfig) -> list[str] | None:
-    return cfg.train.trainable if cfg.train.trainable is not None else \
+    out = cfg.train.trainable if cfg.train.trainable is not None else \
         STAGE_TRAINABLE[cfg.train.stage]
+    if out is not None and cfg.train.contrastive_weight > 0:
+        out = [*out, "contrastive."]  # the learnable temperature trains with the adapter
+    return out
 
 
 def _shard_for_rank(key: str, t: torch.Tensor, p: torch.nn.Parameter) -> torch.Tensor:
@@ -167,6 +170,11 @@ def build_model(cfg: TrainConfig, rt: Runtime):
 
         load_full_state(raw, mm.hf_to_megatron(dict(iter_checkpoint(cfg.model.hf_checkpoint)),
                                                mc), tcfg)
+    if cfg.train.contrastive_weight > 0:  # after init/loading: its own CLIP-style init
+        from .contrastive import ContrastiveHead
+
+        raw.contrastive = ContrastiveHead(cfg.train.contrastive_temperature).to(
+            tcfg.params_dtype)
     n_train = mm.apply_freezing(raw, trainable_prefixes(cfg))
     if n_train == 0:
         raise RuntimeError(f"no trainable parameters on pipeline stage {rt.pp_rank} "
@@ -212,34 +220,64 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
             for k, v in batch.items()}
 
 
-def loss_func(valid: torch.Tensor, token_mean: bool, per_token: torch.Tensor):
+def loss_func(valid: torch.Tensor, token_mean: bool, per_token: torch.Tensor,
+              contrastive: torch.Tensor | None = None, weight: float = 0.0):
     """per_token [B, S] CE (0 where not trained) -> megatron loss tuple.
 
     pack_mean (reference): mean over rows of each row's token-mean CE; megatron averages it over
     micro-batches and DDP over data-parallel ranks -> mean over all packs of the global batch.
-    token_mean: summed CE + token count; megatron divides by the global token count.
+    token_mean: summed CE + token count; megatron divides by the global token count, so the
+    global batch's loss is the same however it is split into micro-batches and DP ranks.
+    `contrastive` (this micro-batch's InfoNCE) is added with `weight`: as is for pack_mean,
+    times the micro-batch's token count for token_mean (a token-weighted mean after megatron's
+    division). The reported dict also carries each row's token-mean CE (hard-sample mining).
     """
     per_token = per_token.float()
     count = valid.sum(1)
+    per_row = per_token.sum(1) / count.clamp(min=1)
+    rows = torch.where(count > 0, per_row, torch.full_like(per_row, float("nan"))).detach()
+    extra = {"row_loss": rows}
+    if contrastive is not None:
+        extra["contrastive"] = torch.stack([contrastive.detach().float(),
+                                            torch.ones((), device=per_row.device)])
     if token_mean:
         total = per_token.sum()
         n = count.sum().to(torch.int)
-        return total, n, {"loss": torch.stack([total.detach(), n.float()])}
-    per_row = per_token.sum(1) / count.clamp(min=1)
+        loss = total if contrastive is None else total + weight * contrastive * n
+        return loss, n, {"loss": torch.stack([total.detach(), n.float()]), **extra}
     loss = per_row.mean()
+    if contrastive is not None:
+        loss = loss + weight * contrastive
     return loss, {"loss": torch.stack([per_row.sum().detach(),
-                                       torch.tensor(float(len(per_row)), device=loss.device)])}
+                                       torch.tensor(float(len(per_row)), device=loss.device)]),
+                  **extra}
 
 
-def forward_step(device, token_mean: bool, data_iterator, model):
+def forward_step(device, token_mean: bool, data_iterator, model, contrastive=None):
+    """`contrastive`: (head, weight, image token id, DP group) when the term is on (pp=1)."""
     from .megatron_model import segment_ids, shifted_targets
 
     b = _to(next(data_iterator), device)
-    ids = b["input_ids"]
-    out = model(ids, b["position_ids"], b["cu_seqlens"], b["labels"], b.get("pixel_values"),
-                b.get("image_grid_thw"))
+    # middle pipeline stages get only positions and boundaries (batching.StepBatches)
+    ids = b["input_ids"] if "input_ids" in b else torch.zeros_like(b["position_ids"])
+    pooled = {} if contrastive is not None else None
+    out = model(ids, b["position_ids"], b["cu_seqlens"], b.get("labels"), b.get("pixel_values"),
+                b.get("image_grid_thw"), **({"pooled": pooled} if pooled is not None else {}))
+    if "labels" not in b:
+        return out, None
     seg = segment_ids(b["cu_seqlens"], *ids.shape)
     valid = shifted_targets(b["labels"], seg) != -100
+    c = None
+    if contrastive is not None:
+        from .contrastive import document_pairs, info_nce
+
+        head, weight, image_token, group = contrastive
+        vision = pooled.get("vision")
+        if vision is None:  # no image in this micro-batch: no pairs (still join the gather)
+            vision = torch.zeros(0, pooled["hidden"].shape[-1], device=ids.device)
+        img, txt = document_pairs(vision, pooled["hidden"], ids, b["labels"], seg, image_token)
+        c = info_nce(img, txt, head.scale(), group)
+        return out, partial(loss_func, valid, token_mean, contrastive=c, weight=weight)
     return out, partial(loss_func, valid, token_mean)
 
 
@@ -252,20 +290,38 @@ def train_step(cfg: TrainConfig, rt: Runtime, model, opt, sched, batches: list[d
     s, mbs = cfg.data.seq_len, cfg.data.micro_batch_size
     te = getattr(model[0].module, "te", False) or getattr(
         getattr(model[0].module, "module", None), "te", False)
+    contrastive = None
+    if cfg.train.contrastive_weight > 0:
+        from megatron.core import parallel_state as ps
+
+        from .checkpointing import unwrap
+
+        raw = unwrap(model[0])
+        contrastive = (raw.contrastive, cfg.train.contrastive_weight, raw.mc.tokens.image,
+                       ps.get_data_parallel_group())
     out = get_forward_backward_func()(
-        forward_step_func=partial(forward_step, rt.device, cfg.train.loss == "token_mean"),
+        forward_step_func=partial(forward_step, rt.device, cfg.train.loss == "token_mean",
+                                  contrastive=contrastive),
         data_iterator=iter(batches), model=model, num_microbatches=len(batches),
         seq_length=s * mbs if te else s, micro_batch_size=1 if te else mbs, forward_only=False)
     ok, grad_norm, _ = opt.step()
     if ok:
         sched.step(increment=1)
-    num = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    num = torch.zeros(4, dtype=torch.float64, device=rt.device)
     if rt.last_stage and rt.tp_rank == 0:
         for d in out:
-            num += d["loss"].double()
+            num[:2] += d["loss"].double()
+            if "contrastive" in d:
+                num[2:] += d["contrastive"].double()
     dist.all_reduce(num)
-    return {"loss": float(num[0] / num[1].clamp(min=1)), "grad_norm": float(grad_norm or 0.0),
-            "skipped": not ok}
+    res = {"loss": float(num[0] / num[1].clamp(min=1)), "grad_norm": float(grad_norm or 0.0),
+           "skipped": not ok,
+           "row_losses": [d["row_loss"].tolist() for d in out] if rt.last_stage else []}
+    if contrastive is not None:
+        res["contrastive_loss"] = float(num[2] / num[3].clamp(min=1))
+        res["logit_scale"] = float(contrastive[0].logit_scale.detach().float()[0])
+        res["temperature"] = float(1.0 / contrastive[0].scale().detach())
+    return res
 
 
 def peak_memory_gb() -> float:
@@ -284,7 +340,6 @@ def peak_memory_gb() -> float:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train per `cfg`; returns {"losses": [...], "step": last step, "stopped": bool}."""
     from . import checkpointing as ckpt
-    from .data import build_source
     from .metrics import FlopCounter, MetricsLogger, device_peak_tflops
 
     if cfg.data.kind is None or cfg.data.seq_len is None or cfg.data.tokenizer is None:
@@ -297,7 +352,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ckpt.clear_checkpoints(cfg.checkpoint.dir)
     model, raw, mc, tcfg = build_model(cfg, rt)
     opt, sched = build_optimizer(cfg, model, tcfg)
-    data = build_source(cfg, mc, rt.dp_rank, rt.dp)
+    data = build_step_batches(cfg, rt, mc)
     step = resume_or_init(cfg, model, opt, sched, data)
     if cfg.checkpoint.dir and rt.rank == 0:
         ckpt.save_tokenizer(cfg.checkpoint.dir, cfg.data.tokenizer, mc)
@@ -309,7 +364,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     peak = cfg.log.peak_tflops or device_peak_tflops()
     log = MetricsLogger(cfg.log.dir, cfg.log.progress, cfg.train.steps, step,
                         cfg.log.tensorboard, enabled=rt.rank == 0)
-    stop, losses = ckpt.StopFlag(), []
+    stop, losses, oom_retries = ckpt.StopFlag(), [], 0
     if rt.rank == 0 and cfg.log.progress != "quiet":
         print("[train] Ctrl-C (or SIGTERM) stops after this step"
               + (" and saves a checkpoint" if cfg.checkpoint.dir and cfg.checkpoint.save_on_exit
@@ -317,14 +372,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         while step < cfg.train.steps:
             t0 = time.perf_counter()
-            batches = [next(data) for _ in range(n_micro)]
+            batches = data.next_step(n_micro)
             lr = opt.param_groups[0]["lr"]  # the LR this step uses
-            res = train_step(cfg, rt, model, opt, sched, batches)
+            res, batches = step_with_oom_retry(cfg, rt, model, opt, sched, data, batches,
+                                               step + 1)
+            oom_retries += res.get("oom_retry", 0)
             step += 1
             dt = time.perf_counter() - t0
             losses.append(res["loss"])
-            f = torch.tensor([sum(flops.batch_flops(b) for b in batches)], dtype=torch.float64,
-                             device=rt.device)
+            if cfg.train.hard_mining is not None:
+                data.record(step, [k for b in batches for k in b.get("keys", [])],
+                            [v for r in res["row_losses"] for v in r])
+            f = torch.tensor([sum(flops.batch_flops(b) for b in batches if "input_ids" in b),
+                              data.last_hits], dtype=torch.float64, device=rt.device)
             if rt.dp > 1:
                 from megatron.core import parallel_state as ps
 
@@ -332,9 +392,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             tokens = cfg.train.global_batch_size * cfg.data.seq_len
             rec = {"step": step, "loss": res["loss"], "lr": lr,
                    "grad_norm": res["grad_norm"], "tokens_per_s": tokens / dt,
-                   "step_time_s": dt, "tflops_per_device": float(f) / dt / rt.world / 1e12,
-                   "mfu": float(f) / dt / rt.world / (peak * 1e12) if peak else None,
+                   "step_time_s": dt, "tflops_per_device": float(f[0]) / dt / rt.world / 1e12,
+                   "mfu": float(f[0]) / dt / rt.world / (peak * 1e12) if peak else None,
                    "peak_mem_gb": peak_memory_gb(), "skipped": res["skipped"]}
+            if "contrastive_loss" in res:
+                rec.update(lm_loss=res["loss"], contrastive_loss=res["contrastive_loss"],
+                           temperature=res["temperature"])
+            if cfg.data.max_image_tokens_per_step is not None or oom_retries:
+                # micro-batches (all DP ranks) shrunk to the cap in this step; OOM retries so far
+                rec.update(image_cap_hits=int(f[1]), oom_retries=oom_retries)
+            if cfg.train.hard_mining is not None:
+                rec["hard_boosted_rows"] = getattr(data.source, "boosted", 0)
             if step % cfg.log.interval == 0 or step == cfg.train.steps:
                 log.log(rec)
             if cfg.train.exit_after_steps == step:
@@ -356,6 +424,58 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.close()
         stop.restore()
     return {"losses": losses, "step": step, "stopped": stop.requested}
+
+
+def build_step_batches(cfg: TrainConfig, rt: Runtime, mc):
+    """The run's `batching.StepBatches`: a data source (mining-wrapped in stage 2) only on the
+    reader rank of each TP group / pipeline (`StepBatches.is_reader`)."""
+    from .batching import StepBatches
+    from .data import build_source
+
+    source = None
+    if StepBatches.is_reader(rt.tp_rank, rt.pp_rank):
+        source = build_source(cfg, mc, rt.dp_rank, rt.dp)
+        m = cfg.train.hard_mining
+        if m is not None:
+            from .mining import HardMiningSource
+
+            source = HardMiningSource(source, m.fraction, m.boost, m.warmup_steps, m.ema,
+                                      cfg.data.seed)
+    return StepBatches(source, device=rt.device, image_token=mc.tokens.image,
+                       pad_id=mc.tokens.endoftext, cap=cfg.data.max_image_tokens_per_step,
+                       min_pixels=cfg.data.min_pixels)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def step_with_oom_retry(cfg: TrainConfig, rt: Runtime, model, opt, sched, data, batches,
+                        step: int) -> tuple[dict, list[dict]]:
+    """`train_step`; on CUDA out-of-memory (on any rank that gets to report it) the step runs
+    once more from the same rows with a lower image-token cap (`StepBatches.lower_cap`).
+
+    Every rank must see the error for the retry to be collective: true when all ranks run out
+    together (TP ranks share shapes), not when one DP rank fails inside a collective."""
+    try:
+        if cfg.train.inject_oom_at_step == step:  # test hook: as if the step ran out of memory
+            raise torch.cuda.OutOfMemoryError("injected out-of-memory (train.inject_oom_at_step)")
+        return train_step(cfg, rt, model, opt, sched, batches), batches
+    except Exception as e:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+        if not (cfg.train.oom_retry and _is_oom(e)):
+            raise
+        err = e
+    del batches
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    cap = data.lower_cap()
+    if rt.rank == 0:
+        print(f"[train] step {step}: out of memory ({str(err).splitlines()[0][:200]}); retrying "
+              f"once with data.max_image_tokens_per_step={cap}", file=sys.stderr, flush=True)
+    batches = data.redo(cap)
+    res = train_step(cfg, rt, model, opt, sched, batches)
+    res["oom_retry"] = 1
+    return res, batches
 
 
 def stop_signal() -> int:
