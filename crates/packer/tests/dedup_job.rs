@@ -334,3 +334,30 @@ fn verify_dhash_without_dhashes_names_the_file() {
         .to_string()
         .contains("--verify-distance"));
 }
+
+#[test]
+fn a_keeper_dropped_by_its_other_image_is_re_picked() {
+    // b is the largest in a's cluster but loses its other image's cluster to c: with
+    // --multi-image any b is dropped, so a's cluster keeps a instead of nothing.
+    let t = tempfile::tempdir().unwrap();
+    let (inp, out) = (t.path().join("in"), t.path().join("out"));
+    let samples = vec![
+        ("a", vec![(h(A), 10, 10)]),
+        ("b", vec![(h(A ^ 1), 20, 20), (h(B), 1, 1)]),
+        ("c", vec![(h(B ^ 1), 15, 15)]),
+    ];
+    write_shards(&inp, &samples, "fast");
+    let s = dedup(&opts(&inp, &out), &AtomicBool::new(false)).unwrap();
+    assert_eq!(drop_keys(&out), vec!["b\tnear-duplicate of a"]);
+    assert_eq!((s.clusters_repicked, s.clusters_without_survivor), (1, 0));
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("clusters.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["keeper"], "a");
+    assert_eq!(first["members"][0]["why"], "largest, re-picked");
+}

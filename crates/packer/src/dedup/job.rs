@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::cluster::{KeepRule, UnionFind};
 use super::corpus::Corpus;
+use super::keepers;
 use super::search::{search_distinct, Distinct, SearchError, MAX_DISTANCE};
 use super::verify::{dhashes, Linker, Verify, DEFAULT_VERIFY_DISTANCE};
 use crate::build::Progress;
@@ -132,9 +133,11 @@ pub struct DedupSummary {
     pub pairs_rejected_by_verify: u64,
     pub clusters: u64,
     pub clustered_images: u64,
-    /// Clusters whose keeper's sample is dropped anyway (another of its images is a
-    /// duplicate, or it is contaminated): none of the cluster's samples survives.
+    /// Clusters none of whose samples survives: each is contaminated or dropped by another
+    /// cluster (see `keepers.rs`).
     pub clusters_without_survivor: u64,
+    /// Clusters whose first keeper was dropped by another cluster and replaced.
+    pub clusters_repicked: u64,
     pub contaminated_images: u64,
     pub reference_images: u64,
     pub dropped: BTreeMap<String, u64>,
@@ -331,35 +334,32 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     }
     let contaminated_samples = reason.iter().filter(|r| r.is_some()).count() as u64;
 
-    // Clusters and keepers.
+    // Clusters and keepers (the rule is in keepers.rs).
     let clusters = uf.clusters();
-    let mut hits = vec![0u16; ns];
-    let mut hit_by: Vec<Option<u32>> = vec![None; ns];
-    let mut keepers = Vec::with_capacity(clusters.len());
-    for members in &clusters {
-        let k = o.keep.pick(members, |i| corpus.pixels[i as usize]);
-        let ks = corpus.sample_of[k as usize];
-        for &m in members {
-            let s = corpus.sample_of[m as usize];
-            if m != k && s != ks {
-                hits[s as usize] += 1;
-                hit_by[s as usize].get_or_insert(k);
-            }
-        }
-        keepers.push(k);
-    }
+    let contaminated: Vec<bool> = reason.iter().map(Option::is_some).collect();
+    let hashed_images: Vec<u32> = corpus
+        .samples
+        .iter()
+        .map(|info| {
+            let first = info.first_image as usize;
+            corpus.hash[first..first + info.images as usize]
+                .iter()
+                .filter(|h| h.is_some())
+                .count() as u32
+        })
+        .collect();
+    let picked = keepers::assign(&keepers::Input {
+        clusters: &clusters,
+        sample_of: &corpus.sample_of,
+        pixels: &corpus.pixels,
+        contaminated: &contaminated,
+        hashed_images: &hashed_images,
+        keep: o.keep,
+        multi_image: o.multi_image,
+    });
     let mut dup_samples = 0u64;
     for s in 0..ns {
-        let info = &corpus.samples[s];
-        let hashed_images = (0..info.images as usize)
-            .filter(|&n| corpus.hash[info.first_image as usize + n].is_some())
-            .count();
-        let dup = match o.multi_image {
-            MultiImage::Any => hits[s] > 0,
-            MultiImage::All => hits[s] > 0 && hits[s] as usize >= hashed_images,
-        };
-        if dup && reason[s].is_none() {
-            let k = hit_by[s].expect("a hit names its keeper");
+        if let (Some(k), None) = (picked.dropped_by[s], &reason[s]) {
             let kkey = &corpus.samples[corpus.sample_of[k as usize] as usize].key;
             reason[s] = Some(format!("near-duplicate of {kkey}"));
             dup_samples += 1;
@@ -370,7 +370,7 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     let mut outs = Outputs::create(&o.output)?;
     let hash = |i: u32| corpus.hash[i as usize].expect("clustered images are hashed");
     let mut without_survivor = 0u64;
-    for (id, (members, &k)) in clusters.iter().zip(&keepers).enumerate() {
+    for (id, (members, &k)) in clusters.iter().zip(&picked.keeper).enumerate() {
         let ks = corpus.sample_of[k as usize] as usize;
         if reason[ks].is_some() {
             without_survivor += 1;
@@ -380,7 +380,9 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
             .map(|&m| {
                 let s = corpus.sample_of[m as usize] as usize;
                 let info = &corpus.samples[s];
-                let why = if m == k {
+                let why = if m == k && picked.repicked[id] {
+                    format!("{}, re-picked", o.keep.name())
+                } else if m == k {
                     o.keep.name().to_string()
                 } else if s == ks {
                     "same sample as the keeper".into()
@@ -432,6 +434,7 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         clusters: clusters.len() as u64,
         clustered_images: clusters.iter().map(|c| c.len() as u64).sum(),
         clusters_without_survivor: without_survivor,
+        clusters_repicked: picked.repicked.iter().filter(|&&r| r).count() as u64,
         contaminated_images: contamination.len() as u64,
         reference_images: refs.len() as u64,
         dropped,

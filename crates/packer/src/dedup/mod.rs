@@ -3,6 +3,7 @@
 //!
 //! - [`search`]: exact Hamming range search (every pair within `d`, multi-index hashing).
 //! - [`cluster`]: union-find components and the deterministic keeper rule.
+//! - [`keepers`]: the keeper of each cluster under `--multi-image`, re-picked when dropped.
 //! - [`corpus`]: the hashes of a build output, from its index and per-sample json only.
 //! - [`verify`]: `--verify dhash`, the second hash a candidate pair must also agree on.
 //! - [`exclude`]: reading `drop.txt` for `--exclude` (pack, buckets).
@@ -12,6 +13,7 @@ pub mod cluster;
 pub mod corpus;
 pub mod exclude;
 pub mod job;
+pub mod keepers;
 pub mod search;
 pub mod verify;
 
