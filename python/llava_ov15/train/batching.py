@@ -74,10 +74,16 @@ def plan_cap(grids: list[torch.Tensor], cap: int, min_pixels: int = MIN_PIXELS
             break
         i = max(free, key=lambda j: (tok(j), -j))
         excess = sum(tok(j) for j in range(len(cur))) - cap
-        want = max(tok(i) - excess, floor)
         h, w = cur[i][0] * PATCH_SIZE, cur[i][1] * PATCH_SIZE
-        nh, nw = smart_resize(h, w, min_pixels=min(min_pixels, want * FACTOR**2),
-                              max_pixels=want * FACTOR**2)
+        # the smallest budget >= what removes the excess whose result keeps min_pixels
+        # (smart_resize's flooring can land under it for elongated images)
+        for want in range(max(tok(i) - excess, floor), tok(i)):
+            nh, nw = smart_resize(h, w, min_pixels=min(min_pixels, want * FACTOR**2),
+                                  max_pixels=want * FACTOR**2)
+            if nh * nw >= min_pixels:
+                break
+        else:
+            nh, nw = h, w
         if nh * nw >= h * w:
             stuck.add(i)
             continue
