@@ -104,7 +104,8 @@ def test_kill_and_resume_equals_uninterrupted(reference, interrupted, tmp_path):
         assert abs(got[step] - ref) <= 1e-6, (step, got[step], ref)
 
 
-@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.dp=2"])
+# pp=2: the last stage gets ids/labels from the first stage's reader (batching.StepBatches)
+@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.dp=2", "parallel.pp=2"])
 def test_two_process_layouts_match_single_process(reference, tmp_path, layout):
     run(f"log.dir={tmp_path}", layout, nproc=2)
     got = losses(tmp_path)
