@@ -246,3 +246,67 @@ def test_verify_dhash_rejects_pairs_and_needs_a_dhash_build(planted, tmp_path):
     assert "rejected by dhash (> 3 bits)" in p.stdout
     with pytest.raises(ValueError, match="0..16"):
         pack.dedup(dh, tmp_path / "e", verify="dhash", verify_distance=17)
+
+
+def test_rewrite_writes_a_build_without_the_dropped_samples(planted, tmp_path, qwen_tokenizer):
+    from megatron.energon import WorkerConfig, get_loader, get_val_dataset
+    from megatron.energon.flavors.webdataset.prepare import WebdatasetPreparator
+
+    from llava_ov15.data.shards import ShardDataset
+
+    shards, copies, originals = planted
+    out = tmp_path / "clean"
+    s = pack.dedup(shards, tmp_path / "d", rewrite=out, contact_sheet=False, progress="quiet")
+    drop = _drop(tmp_path / "d")
+    assert s["rewrite"]["samples"] == len(originals) and s["rewrite"]["dropped"] == len(drop)
+    assert not (tmp_path / "clean.partial").exists()
+    # The loader sees exactly the kept samples, members byte for byte as in the input.
+    src = {x["key"]: x for x in ShardDataset(shards)}
+    ds = ShardDataset(out)
+    assert [x["key"] for x in ds] == [k for k in src if k not in drop]
+    def raw(x):
+        return {k: bytes(v) for k, v in x["members"].items()}
+
+    for x in ds:
+        assert raw(x) == raw(src[x["key"]])
+    # manifest.json / stats.json / rejects.jsonl as a build writes them.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["samples"] == len(originals)
+    assert manifest["options"]["phash"] == "fast"
+    assert manifest["rewrite"]["dedup"]["keep"] == "largest"
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["samples"], stats["rejects"]) == (len(originals), len(drop))
+    assert stats["rejects_by_reason"] == {"near_duplicate": len(drop)}
+    assert stats["images"] == len(originals) and stats["kinds"] == {"caption": len(originals)}
+    assert {r["key"]: r["reason"] for r in read_jsonl(out / "rejects.jsonl")} == drop
+    # .nv-meta equals what energon's own indexer writes for the same tars, and energon loads
+    # every kept sample once.
+    names = [sh["name"] for sh in manifest["shards"]]
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for name in names:
+        (ref / name).write_bytes((out / name).read_bytes())
+    WebdatasetPreparator.prepare_dataset(
+        ref, names, split_parts_ratio=[("train", 1.0), ("val", 0.0), ("test", 0.0)],
+        shuffle_seed=None, workers=1)
+    for rel in [f"{n}.idx" for n in names] + [".nv-meta/.info.json", ".nv-meta/split.yaml"]:
+        assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    wc = WorkerConfig(rank=0, world_size=1, num_workers=0)
+    val = get_val_dataset(out, split_part="train", worker_config=wc, batch_size=None)
+    assert sorted(x.__key__ for x in get_loader(val)) == sorted(originals)
+    # pack reads it as a build; a second dedup finds nothing left to drop.
+    p = pack.pack(out, tmp_path / "p", qwen_tokenizer, progress="quiet")
+    assert p["samples"] == len(originals)
+    again = pack.dedup(out, tmp_path / "d2", contact_sheet=False, progress="quiet")
+    assert again["kept_samples"] == len(originals) and again["clusters"] == 0
+    # An existing OUT needs --overwrite; OUT may not be the input.
+    p = run_cli("dedup", "--input", str(shards), "--output", str(tmp_path / "d3"), "--rewrite",
+                str(out), "--no-contact-sheet", check=False)
+    assert p.returncode == 1 and "--overwrite" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "d3").exists()
+    p = run_cli("dedup", "--input", str(shards), "--output", str(tmp_path / "d4"), "--rewrite",
+                str(shards), "--no-contact-sheet", check=False)
+    assert p.returncode == 2 and "outside --input" in p.stderr
+    p = run_cli("dedup", "--input", str(shards), "--output", str(tmp_path / "d"), "--rewrite",
+                str(out), "--overwrite", "--no-contact-sheet", "--progress", "quiet")
+    assert f"rewrite:  {len(originals)} samples" in p.stdout

@@ -197,6 +197,7 @@ def dedup(
     verify_distance: int = 10,
     against: list[str] = ...,
     references: list[tuple[int, str, int]] = ...,
+    rewrite: str | None = None,
     overwrite: bool = False,
     progress: str = "auto",
 ) -> str:

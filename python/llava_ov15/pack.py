@@ -277,6 +277,7 @@ def dedup(
     verify_distance: int = 10,
     against: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     benchmarks: Sequence[str] | None = None,
+    rewrite: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     contact_sheet: bool = True,
     progress: Literal["auto", "bar", "log", "quiet"] = "auto",
@@ -291,6 +292,9 @@ def dedup(
     ``max_distance`` of such an image is dropped, whatever the keeper rule. ``verify="dhash"``
     (shards built with ``dhash=True``): a pair of training images also needs its dhashes within
     ``verify_distance`` (0..16) bits to count; matches against ``against`` are not verified.
+    ``rewrite``: also write a shard directory without the dropped samples (same format as a
+    build, kept samples copied byte for byte; ``overwrite`` replaces an existing one); its
+    summary is ``stats["rewrite"]``.
     """
     from llava_ov15 import dedup as helpers
 
@@ -321,7 +325,8 @@ def dedup(
     stats = json.loads(_native.dedup(
         os.fspath(input), os.fspath(output), max_distance=int(max_distance), keep=keep,
         multi_image=multi_image, verify=verify, verify_distance=int(verify_distance),
-        against=other, references=references, overwrite=overwrite,
+        against=other, references=references,
+        rewrite=None if rewrite is None else os.fspath(rewrite), overwrite=overwrite,
         progress=progress,
     ))
     sheet = None

@@ -37,7 +37,7 @@ fn near_duplicates<'py>(
 #[pyfunction]
 #[pyo3(signature = (input, output, *, max_distance=8, keep="largest", multi_image="any",
     verify=None, verify_distance=packer::dedup::DEFAULT_VERIFY_DISTANCE, against=Vec::new(),
-    references=Vec::new(), overwrite=false, progress="auto"))]
+    references=Vec::new(), rewrite=None, overwrite=false, progress="auto"))]
 #[allow(clippy::too_many_arguments)]
 fn dedup(
     py: Python<'_>,
@@ -50,6 +50,7 @@ fn dedup(
     verify_distance: u32,
     against: Vec<PathBuf>,
     references: Vec<(u64, String, i64)>,
+    rewrite: Option<PathBuf>,
     overwrite: bool,
     progress: &str,
 ) -> PyResult<String> {
@@ -72,6 +73,7 @@ fn dedup(
             row: row.into(),
         })
         .collect();
+    o.rewrite = rewrite;
     o.overwrite = overwrite;
     o.progress = crate::parse_progress(progress)?;
     o.validate().map_err(crate::to_py_err)?;

@@ -361,3 +361,38 @@ fn a_keeper_dropped_by_its_other_image_is_re_picked() {
     assert_eq!(first["keeper"], "a");
     assert_eq!(first["members"][0]["why"], "largest, re-picked");
 }
+
+#[test]
+fn rewrite_keeps_exactly_the_kept_samples_atomically() {
+    use packer::reader::{OpenOptions, ShardSet};
+    let t = tempfile::tempdir().unwrap();
+    let (inp, out, clean) = (
+        t.path().join("in"),
+        t.path().join("out"),
+        t.path().join("clean"),
+    );
+    write_shards(&inp, &corpus(), "fast");
+    // A leftover `.partial` that is not a rewrite's own is refused, not deleted.
+    let partial = t.path().join("clean.partial");
+    std::fs::create_dir(&partial).unwrap();
+    let mut o = opts(&inp, &out);
+    o.rewrite = Some(clean.clone());
+    let e = dedup(&o, &AtomicBool::new(false)).unwrap_err().to_string();
+    assert!(e.contains("clean.partial"), "{e}");
+    assert!(partial.exists() && !clean.exists());
+    std::fs::remove_dir(&partial).unwrap();
+    o.overwrite = true;
+    let s = dedup(&o, &AtomicBool::new(false)).unwrap();
+    let r = s.rewrite.unwrap();
+    assert_eq!((r.samples, r.dropped, r.shards), (3, 3, 1));
+    let set = ShardSet::open(&clean, OpenOptions::default()).unwrap();
+    let keys: Vec<String> = (0..set.len()).map(|i| set.sample(i).unwrap().key).collect();
+    assert_eq!(keys, vec!["s1", "s2", "s5"]);
+    assert!(!partial.exists() && !clean.join(".llava-pack").exists());
+    // Again with --overwrite: replaced, not merged.
+    o.max_distance = 0;
+    let s = dedup(&o, &AtomicBool::new(false)).unwrap();
+    assert_eq!(s.rewrite.unwrap().samples, 6);
+    let set = ShardSet::open(&clean, OpenOptions::default()).unwrap();
+    assert_eq!(set.len(), 6);
+}

@@ -425,7 +425,11 @@ def _dedup_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --benchmarks: evaluation data directory (python -m llava_ov15.eval "
                    "layout); without: another build output to dedup against (repeatable)")
     p.add_argument("--benchmarks", help="comma-separated benchmark names, e.g. mme,mmbench_en_dev")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous dedup output")
+    p.add_argument("--rewrite", metavar="OUT",
+                   help="also write a shard directory OUT without the dropped samples (same "
+                   "format as a build; kept samples copied byte for byte)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous dedup output (and --rewrite directory)")
     p.add_argument("--no-contact-sheet", action="store_true", help="skip contact_sheet.png")
     p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto")
     p.set_defaults(func=_run_dedup)
@@ -441,8 +445,8 @@ def _run_dedup(args: argparse.Namespace) -> int:
     s = pack.dedup(args.input, args.output, max_distance=args.max_distance, keep=args.keep,
                    multi_image=args.multi_image, verify=args.verify,
                    verify_distance=args.verify_distance, against=args.against, benchmarks=benches,
-                   overwrite=args.overwrite, contact_sheet=not args.no_contact_sheet,
-                   progress=args.progress)
+                   rewrite=args.rewrite, overwrite=args.overwrite,
+                   contact_sheet=not args.no_contact_sheet, progress=args.progress)
     dropped = s["dropped"]
     print(f"images:   {s['images']} ({s['hashed_images']} hashed, {s['distinct_hashes']} distinct)")
     print(f"pairs:    {s['pairs']} within {s['max_distance']} bits in {s['clusters']} clusters")
@@ -452,6 +456,9 @@ def _run_dedup(args: argparse.Namespace) -> int:
     print(f"dropped:  {dropped['near_duplicate']} near-duplicate, {dropped['contamination']} "
           f"contaminated; kept {s['kept_samples']} of {s['samples']} samples")
     print(f"output:   {args.output}/drop.txt")
+    if s.get("rewrite"):
+        r = s["rewrite"]
+        print(f"rewrite:  {r['samples']} samples in {r['shards']} shards → {r['path']}")
     if s.get("contact_sheet"):
         print(f"sheet:    {s['contact_sheet']}")
     print(f"time:     {s['seconds']:.2f}s")

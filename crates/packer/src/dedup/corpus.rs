@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use super::search::Tally;
 use crate::error::{PackError, Result};
 use crate::reader::{OpenOptions, ShardSet};
 
@@ -66,8 +67,13 @@ impl Corpus {
         self.hash.len()
     }
 
-    /// Read `dir`; `what` names it in errors (`--input`, `--against`).
-    pub fn read(dir: &Path, what: &str, cancel: &AtomicBool) -> Result<Corpus> {
+    /// Read `dir`; `what` names it in errors (`--input`, `--against`). `tally` counts samples.
+    pub fn read(
+        dir: &Path,
+        what: &str,
+        cancel: &AtomicBool,
+        tally: Option<Tally<'_>>,
+    ) -> Result<Corpus> {
         let bad = |m: String| PackError::input(dir, format!("{what}: {m}"));
         let set = ShardSet::open(dir, OpenOptions::default()).map_err(|e| bad(e.to_string()))?;
         if set.packed {
@@ -98,6 +104,10 @@ impl Corpus {
             return Err(bad(
                 "no shards (no *.tar and no manifest.json listing any)".into()
             ));
+        }
+        if let Some(t) = tally {
+            let samples: usize = set.shards.iter().map(|s| s.samples()).sum();
+            t.total.store(samples as u64, Ordering::Relaxed);
         }
         type ShardRows = Vec<(String, Vec<(Option<u64>, u64, Option<u64>)>)>;
         let per_shard: Vec<Result<ShardRows>> = (0..set.shards.len())
@@ -136,6 +146,9 @@ impl Corpus {
                         return Err(bad(format!("{}: more than 65535 images", at())));
                     }
                     rows.push((sample.key, images));
+                    if let Some(t) = tally {
+                        t.add(1);
+                    }
                 }
                 Ok(rows)
             })

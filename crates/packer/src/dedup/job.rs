@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use super::cluster::{KeepRule, UnionFind};
 use super::corpus::Corpus;
 use super::keepers;
-use super::search::{search_distinct, Distinct, SearchError, MAX_DISTANCE};
+use super::progress::Meter;
+use super::rewrite::{self, RewriteSummary};
+use super::search::{search_distinct_tallied, Distinct, SearchError, MAX_DISTANCE};
 use super::verify::{dhashes, Linker, Verify, DEFAULT_VERIFY_DISTANCE};
 use crate::build::Progress;
 use crate::error::{PackError, Result};
@@ -26,6 +28,15 @@ pub enum MultiImage {
     Any,
     /// Dropped only when every hashed image is.
     All,
+}
+
+impl MultiImage {
+    pub fn name(self) -> &'static str {
+        match self {
+            MultiImage::Any => "any",
+            MultiImage::All => "all",
+        }
+    }
 }
 
 impl std::str::FromStr for MultiImage {
@@ -64,6 +75,8 @@ pub struct DedupOptions {
     pub against: Vec<PathBuf>,
     /// Hashes of evaluation images (computed by the caller from the benchmark parquet).
     pub references: Vec<Reference>,
+    /// `--rewrite OUT`: also write a shard directory without the dropped samples.
+    pub rewrite: Option<PathBuf>,
     pub overwrite: bool,
     pub progress: Progress,
 }
@@ -80,6 +93,7 @@ impl DedupOptions {
             verify_distance: DEFAULT_VERIFY_DISTANCE,
             against: Vec::new(),
             references: Vec::new(),
+            rewrite: None,
             overwrite: false,
             progress: Progress::Auto,
         }
@@ -109,6 +123,9 @@ impl DedupOptions {
                 &self.output,
                 "exists and is not a directory",
             ));
+        }
+        if let Some(out) = &self.rewrite {
+            rewrite::validate(out, &self.input, &self.output, self.overwrite)?;
         }
         Ok(())
     }
@@ -150,13 +167,10 @@ pub struct DedupSummary {
     pub verify: String,
     /// `--verify-distance` (null without `--verify`).
     pub verify_distance: Option<u32>,
+    /// `--rewrite`: the directory written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteSummary>,
     pub seconds: f64,
-}
-
-fn say(progress: Progress, msg: impl std::fmt::Display) {
-    if progress != Progress::Quiet {
-        eprintln!("llava-pack dedup: {msg}");
-    }
 }
 
 fn search_err(e: SearchError) -> PackError {
@@ -171,20 +185,20 @@ fn search_err(e: SearchError) -> PackError {
 pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     o.validate()?;
     let t0 = Instant::now();
-    let corpus = Corpus::read(&o.input, "--input", cancel)?;
-    say(
-        o.progress,
-        format_args!(
-            "read {} samples, {} images from {} shards ({:.1}s)",
-            corpus.samples.len(),
-            corpus.images(),
-            corpus.shards.len(),
-            t0.elapsed().as_secs_f64()
-        ),
-    );
+    let meter = Meter::start(o.progress);
+    meter.phase("reading");
+    let corpus = Corpus::read(&o.input, "--input", cancel, Some(meter.tally()))?;
+    meter.say(format_args!(
+        "read {} samples, {} images from {} shards ({:.1}s)",
+        corpus.samples.len(),
+        corpus.images(),
+        corpus.shards.len(),
+        t0.elapsed().as_secs_f64()
+    ));
     let mut refs: Vec<Reference> = o.references.clone();
     for dir in &o.against {
-        let other = Corpus::read(dir, "--against", cancel)?;
+        meter.phase("--against");
+        let other = Corpus::read(dir, "--against", cancel, Some(meter.tally()))?;
         let label = dir.display().to_string();
         for (img, h) in other.hash.iter().enumerate() {
             if let Some(h) = h {
@@ -196,10 +210,7 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
                 });
             }
         }
-        say(
-            o.progress,
-            format_args!("--against {label}: {} images", other.images()),
-        );
+        meter.say(format_args!("--against {label}: {} images", other.images()));
     }
 
     // Training images with a hash, then the references, in one search.
@@ -218,21 +229,25 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     };
     let mut linker = dh.as_deref().map(|dh| Linker::new(dh, o.verify_distance));
     let t1 = Instant::now();
+    meter.phase("searching");
     let distinct = Distinct::new(&all).map_err(search_err)?;
-    let pairs =
-        search_distinct(&distinct.values, o.max_distance, Some(cancel)).map_err(search_err)?;
-    say(
-        o.progress,
-        format_args!(
-            "{} distinct hashes, {} pairs of distinct hashes within {} ({:.1}s)",
-            distinct.values.len(),
-            pairs.len(),
-            o.max_distance,
-            t1.elapsed().as_secs_f64()
-        ),
-    );
+    let pairs = search_distinct_tallied(
+        &distinct.values,
+        o.max_distance,
+        Some(cancel),
+        Some(meter.tally()),
+    )
+    .map_err(search_err)?;
+    meter.say(format_args!(
+        "{} distinct hashes, {} pairs of distinct hashes within {} ({:.1}s)",
+        distinct.values.len(),
+        pairs.len(),
+        o.max_distance,
+        t1.elapsed().as_secs_f64()
+    ));
 
     // Union training images; note each training image's closest reference.
+    meter.phase("clustering");
     let d = o.max_distance as usize;
     let mut hist = vec![0u64; d + 1];
     let mut uf = UnionFind::new(corpus.images());
@@ -358,15 +373,20 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         multi_image: o.multi_image,
     });
     let mut dup_samples = 0u64;
-    for s in 0..ns {
-        if let (Some(k), None) = (picked.dropped_by[s], &reason[s]) {
-            let kkey = &corpus.samples[corpus.sample_of[k as usize] as usize].key;
-            reason[s] = Some(format!("near-duplicate of {kkey}"));
+    for (r, by) in reason.iter_mut().zip(&picked.dropped_by) {
+        if let (Some(k), None) = (by, &r) {
+            let kkey = &corpus.samples[corpus.sample_of[*k as usize] as usize].key;
+            *r = Some(format!("near-duplicate of {kkey}"));
             dup_samples += 1;
         }
     }
 
     // clusters.jsonl, streamed to its temp file (one cluster's rows in memory at a time).
+    meter.phase("writing");
+    meter
+        .tally()
+        .total
+        .store(clusters.len() as u64, Ordering::Relaxed);
     let mut outs = Outputs::create(&o.output)?;
     let hash = |i: u32| corpus.hash[i as usize].expect("clustered images are hashed");
     let mut without_survivor = 0u64;
@@ -410,6 +430,7 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
             "members": rows,
         });
         outs.jsonl(CLUSTERS, &row)?;
+        meter.tally().add(1);
     }
 
     let mut drop_lines: Vec<(&str, &str)> = (0..ns)
@@ -420,6 +441,31 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         })
         .collect();
     drop_lines.sort_unstable();
+    let rewritten = match &o.rewrite {
+        Some(out) => {
+            meter.phase("rewriting");
+            let how = json!({"max_distance": o.max_distance, "keep": o.keep.name(),
+                             "multi_image": o.multi_image.name(), "verify": o.verify.name(),
+                             "drop": o.output.join("drop.txt")});
+            let r = rewrite::rewrite(
+                &o.input,
+                out,
+                o.overwrite,
+                &reason,
+                how,
+                cancel,
+                meter.tally(),
+            )?;
+            meter.say(format_args!(
+                "rewrote {} samples into {} shards in {}",
+                r.samples,
+                r.shards,
+                out.display()
+            ));
+            Some(r)
+        }
+        None => None,
+    };
     let mut dropped = BTreeMap::new();
     dropped.insert("near_duplicate".to_string(), dup_samples);
     dropped.insert("contamination".to_string(), contaminated_samples);
@@ -442,12 +488,10 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         distance_histogram: hist,
         max_distance: o.max_distance,
         keep: o.keep.name().into(),
-        multi_image: match o.multi_image {
-            MultiImage::Any => "any".into(),
-            MultiImage::All => "all".into(),
-        },
+        multi_image: o.multi_image.name().into(),
         verify: o.verify.name().into(),
         verify_distance: (o.verify != Verify::Off).then_some(o.verify_distance),
+        rewrite: rewritten,
         seconds: t0.elapsed().as_secs_f64(),
     };
     for (key, why) in &drop_lines {
@@ -459,19 +503,16 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     let stats = serde_json::to_string_pretty(&summary).expect("summary serialises");
     outs.line(STATS, format_args!("{stats}"))?;
     outs.commit()?;
-    say(
-        o.progress,
-        format_args!(
-            "{} clusters, dropped {} near-duplicate and {} contaminated samples of {}; wrote {} \
+    meter.say(format_args!(
+        "{} clusters, dropped {} near-duplicate and {} contaminated samples of {}; wrote {} \
              ({:.1}s)",
-            summary.clusters,
-            dup_samples,
-            contaminated_samples,
-            ns,
-            o.output.display(),
-            summary.seconds
-        ),
-    );
+        summary.clusters,
+        dup_samples,
+        contaminated_samples,
+        ns,
+        o.output.display(),
+        summary.seconds
+    ));
     Ok(summary)
 }
 

@@ -6,6 +6,7 @@
 //! - [`keepers`]: the keeper of each cluster under `--multi-image`, re-picked when dropped.
 //! - [`corpus`]: the hashes of a build output, from its index and per-sample json only.
 //! - [`verify`]: `--verify dhash`, the second hash a candidate pair must also agree on.
+//! - [`rewrite`]: `--rewrite OUT/`, a shard directory without the dropped samples.
 //! - [`exclude`]: reading `drop.txt` for `--exclude` (pack, buckets).
 //! - [`job`]: the job itself and its all-or-nothing outputs.
 
@@ -14,6 +15,8 @@ pub mod corpus;
 pub mod exclude;
 pub mod job;
 pub mod keepers;
+mod progress;
+pub mod rewrite;
 pub mod search;
 pub mod verify;
 

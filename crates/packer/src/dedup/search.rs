@@ -17,7 +17,7 @@
 //! `m` is chosen per call from a cost model for uniformly random hashes (visits + candidate
 //! checks); the result never depends on it — only the speed does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -54,6 +54,20 @@ impl std::fmt::Display for SearchError {
 }
 
 impl std::error::Error for SearchError {}
+
+/// Work counters a long call sets and advances, for a progress display: the work units in all
+/// and those done so far.
+#[derive(Clone, Copy)]
+pub struct Tally<'a> {
+    pub total: &'a AtomicU64,
+    pub done: &'a AtomicU64,
+}
+
+impl Tally<'_> {
+    pub fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 /// Blocks, their layout and the number that must agree.
 #[derive(Debug, Clone)]
@@ -239,6 +253,16 @@ pub fn search_distinct(
     d: u32,
     cancel: Option<&AtomicBool>,
 ) -> Result<Vec<Pair>, SearchError> {
+    search_distinct_tallied(unique, d, cancel, None)
+}
+
+/// [`search_distinct`], advancing `tally` (units: hashes regrouped at the root).
+pub fn search_distinct_tallied(
+    unique: &[u64],
+    d: u32,
+    cancel: Option<&AtomicBool>,
+    tally: Option<Tally<'_>>,
+) -> Result<Vec<Pair>, SearchError> {
     if d > MAX_DISTANCE {
         return Err(SearchError::Distance(d));
     }
@@ -250,7 +274,7 @@ pub fn search_distinct(
         return Ok(Vec::new()); // distinct hashes are never at distance 0
     }
     let plan = Plan::new(n, d);
-    let mut out = search_with(&plan, unique, d, cancel)?;
+    let mut out = search_with(&plan, unique, d, cancel, tally)?;
     out.par_sort_unstable();
     Ok(out)
 }
@@ -260,6 +284,7 @@ pub(crate) fn search_with(
     unique: &[u64],
     d: u32,
     cancel: Option<&AtomicBool>,
+    tally: Option<Tally<'_>>,
 ) -> Result<Vec<Pair>, SearchError> {
     let walker = || Walker {
         plan,
@@ -271,10 +296,14 @@ pub(crate) fn search_with(
     };
     let ids: Vec<u32> = (0..unique.len() as u32).collect();
     let children = plan.m - plan.k + 1;
+    let n = unique.len() as u64;
     if brute_here(unique.len(), children) {
         let mut w = walker();
         w.node(unique, &ids);
         return Ok(w.out);
+    }
+    if let Some(t) = tally {
+        t.total.store(n * children as u64, Ordering::Relaxed);
     }
     // The root's children (one regrouping per first block) run one after the other; the
     // groups under each are spread over the rayon pool.
@@ -300,9 +329,17 @@ pub(crate) fn search_with(
                 w.path.clear();
                 w.path.push(b);
                 w.node(&top.h[s..e], &top.id[s..e]);
+                if let Some(t) = tally {
+                    t.add((e - s) as u64);
+                }
                 std::mem::take(&mut w.out)
             })
             .collect();
+        if let Some(t) = tally {
+            // Hashes alone in their group need no work; count them as done with the block.
+            let grouped: usize = groups.iter().map(|(s, e)| e - s).sum();
+            t.add(n - grouped as u64);
+        }
         out.extend(parts.into_iter().flatten());
     }
     if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -450,7 +487,7 @@ mod tests {
             };
             for m in (d as usize + 1).max(4)..=(d as usize + 6).min(64) {
                 let plan = Plan::with_blocks(m, d as usize);
-                let mut got = search_with(&plan, &distinct.values, d, None).unwrap();
+                let mut got = search_with(&plan, &distinct.values, d, None, None).unwrap();
                 got.sort();
                 assert_eq!(got, want, "d={d} m={m}");
             }
