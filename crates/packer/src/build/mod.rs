@@ -5,6 +5,7 @@
 //! them. Tokens the writer returns keep at most `CHUNKS_IN_FLIGHT_PER_WORKER` chunks per worker
 //! between reading and writing, so memory stays flat however large the corpus.
 
+mod decide;
 mod dedup;
 mod options;
 mod process;
@@ -138,14 +139,14 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
                     }
                     next_seq += 1;
                     end = c.end;
-                    let st = &writer.ckpt.stats;
+                    let st = &writer.ckpt().stats;
                     wcounters.records.store(c.end, Ordering::Relaxed);
                     wcounters.bytes.store(c.bytes_read, Ordering::Relaxed);
                     wcounters.samples.store(st.samples, Ordering::Relaxed);
                     wcounters.rejects.store(st.rejects, Ordering::Relaxed);
                     wcounters
                         .shards
-                        .store(writer.ckpt.shards.len() as u64, Ordering::Relaxed);
+                        .store(writer.ckpt().shards.len() as u64, Ordering::Relaxed);
                     let _ = tokens_tx.send(());
                 }
             }

@@ -64,22 +64,37 @@ impl Stats {
     }
 
     pub fn image(&mut self, info: &ImageInfo, stored_bytes: u64) {
+        let (w, h) = (info.width, info.height);
+        self.image_fields(
+            info.format.ext(),
+            &info.color,
+            (w, h),
+            info.orientation,
+            info.animated,
+        );
+        self.image_bytes += stored_bytes;
+    }
+
+    /// [`Stats::image`] from the metadata a scan task returned (distributed build).
+    pub fn image_meta(&mut self, m: &super::decide::ImageMeta) {
+        let size = (m.width, m.height);
+        self.image_fields(&m.format, &m.color, size, m.orientation, m.animated);
+        self.image_bytes += m.bytes;
+    }
+
+    fn image_fields(&mut self, ext: &str, color: &str, size: (u32, u32), orient: u8, anim: bool) {
         if self.long_side_hist.is_empty() {
             self.long_side_hist = vec![0; LONG_SIDE_EDGES.len() + 1];
             self.megapixel_hist = vec![0; MEGAPIXEL_EDGES.len() + 1];
         }
         self.images += 1;
-        self.image_bytes += stored_bytes;
-        *self
-            .formats
-            .entry(info.format.ext().to_string())
-            .or_default() += 1;
-        *self.colors.entry(info.color.clone()).or_default() += 1;
-        self.long_side_hist[bin(&LONG_SIDE_EDGES, info.width.max(info.height))] += 1;
-        let mp = info.width as f64 * info.height as f64 / 1e6;
+        *self.formats.entry(ext.to_string()).or_default() += 1;
+        *self.colors.entry(color.to_string()).or_default() += 1;
+        self.long_side_hist[bin(&LONG_SIDE_EDGES, size.0.max(size.1))] += 1;
+        let mp = size.0 as f64 * size.1 as f64 / 1e6;
         self.megapixel_hist[bin(&MEGAPIXEL_EDGES, mp)] += 1;
-        self.exif_rotated += (info.orientation != 1) as u64;
-        self.animated += info.animated as u64;
+        self.exif_rotated += (orient != 1) as u64;
+        self.animated += anim as u64;
     }
 
     /// The histograms with their bin labels, for `stats.json`.
