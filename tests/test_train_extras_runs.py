@@ -16,8 +16,6 @@ from test_train_run import ROOT, run
 pytest.importorskip("megatron.core")
 STAGE1 = str(ROOT / "configs/tiny/stage1_alignment.yaml")
 STAGE2 = str(ROOT / "configs/tiny/stage2_instruct.yaml")
-CONTRASTIVE = ["train.steps=2", "train.lr=1e-3", "train.contrastive_weight=0.5",
-               "train.global_batch_size=2"]
 
 
 def records(log_dir: Path) -> dict[int, dict]:
@@ -30,54 +28,25 @@ def extra(ckpt: Path, step: int, rank: int) -> dict:
                       weights_only=False)
 
 
-@pytest.fixture(scope="module")
-def contrastive_ref(tmp_path_factory):
-    """One process, one micro-batch of both packs: every pack's documents are negatives."""
-    d = tmp_path_factory.mktemp("contrastive_ref")
-    run(f"log.dir={d}", "data.micro_batch_size=2", *CONTRASTIVE, config=STAGE1)
-    return records(d)
-
-
-def _same(got: dict, ref: dict, keys=("loss", "contrastive_loss")):
-    for step, r in ref.items():
-        for k in keys:
-            assert got[step][k] == pytest.approx(r[k], abs=1e-5), (step, k, got[step][k], r[k])
-
-
-def test_contrastive_loss_is_logged_beside_the_lm_loss(contrastive_ref):
-    r = contrastive_ref[2]
-    assert r["lm_loss"] == r["loss"] and r["contrastive_loss"] > 0
-    assert 0 < r["temperature"] < 1
-
-
-def test_tp2_reads_data_on_tp_rank_0_only_and_matches_one_process(contrastive_ref, tmp_path):
-    run(f"log.dir={tmp_path}", f"checkpoint.dir={tmp_path / 'ck'}", "parallel.tp=2",
-        "data.micro_batch_size=2", *CONTRASTIVE, config=STAGE1, nproc=2)
-    _same(records(tmp_path), contrastive_ref)
-    # TP rank 1 never built a data source: it holds no data position; rank 0 read 4 packs
-    assert extra(tmp_path / "ck", 2, 1)["data"] is None
-    assert extra(tmp_path / "ck", 2, 0)["data"]["packs_consumed"] == 4
-
-
-def test_dp2_gathers_contrastive_negatives_across_ranks(contrastive_ref, tmp_path):
-    """DP=2 with one pack per rank == one process with both packs in one micro-batch."""
-    run(f"log.dir={tmp_path}", "parallel.dp=2", "data.micro_batch_size=1", *CONTRASTIVE,
-        config=STAGE1, nproc=2)
-    _same(records(tmp_path), contrastive_ref)
-
-
-# ---- hard mining, image cap, OOM retry: an interrupted run resumes exactly ------------------
+# ---- hard mining, image cap, OOM retry (stage 2) -------------------------------------------
 MINING = ["train.steps=5", "train.lr=1e-3", "data.num_packs=4", "train.hard_mining.fraction=0.25",
           "train.hard_mining.boost=3", "train.hard_mining.warmup_steps=2",
           "data.max_image_tokens_per_step=6", "train.inject_oom_at_step=2"]
 
 
 @pytest.fixture(scope="module")
-def mining_ref(tmp_path_factory):
+def mining(tmp_path_factory):
+    """The uninterrupted stage-2 run: its metrics and its final checkpoint (which holds no
+    temperature: the stage-1 runs below start from it, as stage 1 starts from a converted one)."""
     d = tmp_path_factory.mktemp("mining_ref")
-    p = run(f"log.dir={d}", *MINING, config=STAGE2)
+    p = run(f"log.dir={d}", f"checkpoint.dir={d / 'ck'}", *MINING, config=STAGE2)
     assert "step 2: out of memory (injected" in p.stderr and "retrying once" in p.stderr
-    return records(d)
+    return records(d), d / "ck"
+
+
+@pytest.fixture(scope="module")
+def mining_ref(mining):
+    return mining[0]
 
 
 def test_image_cap_triggers_are_counted(mining_ref):
@@ -98,6 +67,50 @@ def test_hard_samples_are_drawn_more_often(mining_ref):
     assert mining_ref[5]["hard_boosted_rows"] >= 2
 
 
+# ---- stage 1 contrastive term across layouts; data read once per TP group ------------------
+def contrastive(mining) -> list[str]:
+    return ["train.steps=2", "train.lr=1e-3", "train.contrastive_weight=0.5",
+            "train.global_batch_size=2", f"checkpoint.load={mining[1]}"]
+
+
+@pytest.fixture(scope="module")
+def contrastive_ref(tmp_path_factory, mining):
+    """One process, one micro-batch of both packs: every pack's documents are negatives."""
+    d = tmp_path_factory.mktemp("contrastive_ref")
+    run(f"log.dir={d}", "data.micro_batch_size=2", *contrastive(mining), config=STAGE1)
+    return records(d)
+
+
+def _same(got: dict, ref: dict, keys=("loss", "contrastive_loss")):
+    for step, r in ref.items():
+        for k in keys:
+            assert got[step][k] == pytest.approx(r[k], abs=1e-5), (step, k, got[step][k], r[k])
+
+
+def test_contrastive_loss_is_logged_beside_the_lm_loss(contrastive_ref):
+    r = contrastive_ref[2]
+    assert r["lm_loss"] == r["loss"] and r["contrastive_loss"] > 0
+    assert 0 < r["temperature"] < 1
+
+
+def test_tp2_reads_data_on_tp_rank_0_only_and_matches_one_process(contrastive_ref, mining,
+                                                                   tmp_path):
+    run(f"log.dir={tmp_path}", f"checkpoint.dir={tmp_path / 'ck'}", "parallel.tp=2",
+        "data.micro_batch_size=2", *contrastive(mining), config=STAGE1, nproc=2)
+    _same(records(tmp_path), contrastive_ref)
+    # TP rank 1 never built a data source: it holds no data position; rank 0 read 4 packs
+    assert extra(tmp_path / "ck", 2, 1)["data"] is None
+    assert extra(tmp_path / "ck", 2, 0)["data"]["packs_consumed"] == 4
+
+
+def test_dp2_gathers_contrastive_negatives_across_ranks(contrastive_ref, mining, tmp_path):
+    """DP=2 with one pack per rank == one process with both packs in one micro-batch."""
+    run(f"log.dir={tmp_path}", "parallel.dp=2", "data.micro_batch_size=1", *contrastive(mining),
+        config=STAGE1, nproc=2)
+    _same(records(tmp_path), contrastive_ref)
+
+
+# ---- hard mining: an interrupted run resumes exactly ---------------------------------------
 def test_hard_mining_resume_is_bit_exact(mining_ref, tmp_path):
     cut = tmp_path / "cut"
     p = run(f"log.dir={cut}", f"checkpoint.dir={cut / 'ck'}", "train.exit_after_steps=3",
