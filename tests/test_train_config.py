@@ -30,7 +30,9 @@ def test_recipes_validate(path):
     if path.parent.name != "tiny":
         t = cfg.train
         assert (t.lr, t.min_lr, t.adam_eps, t.clip_grad, t.bf16, t.recompute) == (
-            {"1": 1e-4}.get(stage, 1e-5), 1e-6, 1e-5, 1.0, True, True)
+            {"1": 1e-4}.get(stage, 1e-5), 1e-6, 1e-5, 1.0, True,
+            "selective" if stage == "1" else "full")
+        assert t.loss_chunk_tokens == 2048
         assert cfg.parallel.distributed_optimizer and cfg.data.micro_batch_size == 1
         assert cfg.data.packed == (stage != "2")
         if stage == "1.5":

@@ -121,8 +121,14 @@ def varlen_attention(
 
     `mask` may be passed in precomputed (segments.mask(causal)) so layers share one mask;
     without it, one-segment-per-row batches use SDPA's is_causal path and no mask at all.
+    A FlexAttention BlockMask (`flex_attention.document_mask`) selects FlexAttention instead.
     """
     b, t, hq, d = q.shape
+    if mask is not None and not isinstance(mask, torch.Tensor):  # a FlexAttention BlockMask
+        from .flex_attention import attend
+
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, kind="vision")
+        return out.transpose(1, 2)
     if uses_flash(q):
         out = _flash_varlen(
             q.reshape(b * t, hq, d),

@@ -41,6 +41,7 @@ class VisionAttention(nn.Module):
         self.h, self.d = cfg.num_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # rows [Q; K; V]
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.checkpoint_core = False  # selective recompute: keep only q/k/v for backward
 
     def forward(self, x, cos, sin, segments, mask):
         n = x.shape[0]
@@ -49,7 +50,11 @@ class VisionAttention(nn.Module):
         c, s = cos[:, None], sin[:, None]
         q = (q.float() * c + rotate_half(q.float()) * s).to(v.dtype)
         k = (k.float() * c + rotate_half(k.float()) * s).to(v.dtype)
-        out = varlen_attention(q[None], k[None], v[None], segments, causal=False, mask=mask)
+        if self.checkpoint_core and self.training and torch.is_grad_enabled():
+            out = checkpoint(varlen_attention, q[None], k[None], v[None], segments, False, mask,
+                             use_reentrant=False)
+        else:
+            out = varlen_attention(q[None], k[None], v[None], segments, causal=False, mask=mask)
         return self.proj(out.reshape(n, self.h * self.d))
 
 
@@ -102,7 +107,15 @@ class VisionTower(nn.Module):
         self.pre_layernorm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_layers))
         self.merger = PatchMerger(cfg)
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing = False  # full recompute: whole blocks
+        self.attention = "sdpa"  # "sdpa" (SDPA / flash-attn varlen) | "flex" (FlexAttention)
+
+    def set_recompute(self, mode: str) -> None:
+        """"off" | "full" (every block recomputed in backward) | "selective" (attention core
+        only: the softmax(QKᵀ)V part, whose activations grow with the image size)."""
+        self.gradient_checkpointing = mode == "full"
+        for blk in self.blocks:
+            blk.attn.checkpoint_core = mode == "selective"
 
     def rope(self, grid_thw: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 cos/sin for the packed [CLS, patches] sequence of every image."""
@@ -136,7 +149,15 @@ class VisionTower(nn.Module):
         segments = Segments.from_lengths(lengths)
         segments = Segments(segments.seg_ids.to(x.device), segments.cu_seqlens.to(x.device),
                             segments.max_seqlen)
-        mask = None if uses_flash(x) or segments.one_per_row else segments.mask(causal=False)
+        if self.attention == "flex":
+            from .flex_attention import document_mask, padded_length
+
+            mask = document_mask(segments.seg_ids, causal=False,
+                                 length=padded_length(x.shape[0], x.is_cuda))
+        elif uses_flash(x) or segments.one_per_row:
+            mask = None
+        else:
+            mask = segments.mask(causal=False)
         cos, sin = self.rope(grid_thw, x.device)
         for blk in self.blocks:
             if self.gradient_checkpointing and self.training:

@@ -102,7 +102,13 @@ class TrainSection:
     seed: int = 1234
     loss: str = "pack_mean"  # "pack_mean" (reference) | "token_mean" (global token mean)
     bf16: bool = False
-    recompute: bool = False  # full activation recompute (LLM layers and vision blocks)
+    # Activation recompute: "off" | "full" (every LLM layer and vision block re-run in backward)
+    # | "selective" (attention core only). YAML true/false still mean full/off; validate()
+    # turns them into those strings.
+    recompute: str | bool = "off"
+    # Output layer + cross entropy fused over chunks of this many labelled tokens, so the full
+    # [tokens, vocab] logits never exist (8192 × 151,936 fp32 is ~5 GB); 0 = unfused logits.
+    loss_chunk_tokens: int = 2048
     trainable: list[str] | None = None  # parameter-name prefixes; None = the stage's default
     exit_after_steps: int | None = None  # debug: deliver SIGTERM to ourselves after this step
     # Stage 1 image-text contrastive term (InfoNCE, learnable temperature) added to the LM loss
@@ -122,7 +128,9 @@ class ParallelSection:
     dp: int | None = None  # None = world_size / (tp·pp)
     distributed_optimizer: bool = True
     overlap_grad_reduce: bool = False
-    attention: str = "auto"  # "auto" (TE thd on CUDA when installed, else mask) | "te" | "mask"
+    # "auto" (TE thd on CUDA when installed, else flex on CUDA, else mask on CPU) | "te" |
+    # "flex" (PyTorch FlexAttention, document mask) | "mask" (explicit block-diagonal mask)
+    attention: str = "auto"
 
 
 @dataclass
@@ -358,7 +366,14 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     _need(d.kind != "packed" or bool(d.path), "data.path", "required for data.kind=packed")
     _need(cfg.log.progress in ("auto", "bar", "log", "quiet"), "log.progress",
           f"invalid {cfg.log.progress!r}")
-    _need(p.attention in ("auto", "te", "mask"), "parallel.attention", f"invalid {p.attention!r}")
+    _need(p.attention in ("auto", "te", "flex", "mask"), "parallel.attention",
+          f"must be auto, te, flex or mask, got {p.attention!r}")
+    if isinstance(t.recompute, bool):
+        t.recompute = "full" if t.recompute else "off"
+    _need(t.recompute in ("off", "full", "selective"), "train.recompute",
+          f"must be off, full or selective (or true/false), got {t.recompute!r}")
+    _need(t.loss_chunk_tokens >= 0, "train.loss_chunk_tokens",
+          f"must be >= 0 (0 = unfused logits), got {t.loss_chunk_tokens}")
     validate_extras(cfg)
     _need(cfg.checkpoint.sharding_type in ("fully_reshardable", "dp_reshardable"),
           "checkpoint.sharding_type", "must be fully_reshardable or dp_reshardable")

@@ -8,12 +8,19 @@
 * Vision tower + merger: our plain PyTorch `VisionTower` (TP=1, replicated over TP ranks; its
   grads are identical on all TP ranks because its output feeds a replicated activation) on the
   first pipeline stage only. Its features replace the `<|image_pad|>` embeddings in order.
-* Packed rows: on CUDA with TE, the micro-batch is flattened to one [1, B·S] row and handed to
-  TE's thd attention with `PackedSeqParams(cu_seqlens)`; otherwise attention gets a block-diagonal
-  causal mask and RoPE is taken at the per-document `position_ids`. Both never attend across
-  sub-samples and restart positions per sub-sample.
+* Packed rows, three attention paths (`parallel.attention`, see `resolve_attention`):
+  - te: the micro-batch is flattened to one [1, B·S] row and handed to TE's thd attention with
+    `PackedSeqParams(cu_seqlens)`;
+  - flex: megatron's local layers with `FlexCoreAttention` (PyTorch FlexAttention, a
+    document-causal BlockMask from the segment ids; `flex_core_attention.py`);
+  - mask: megatron's DotProductAttention with an explicit [B, 1, S, S] block-causal mask.
+  flex and mask take RoPE at the per-document `position_ids`. All never attend across
+  sub-samples and restart positions per sub-sample. The vision tower uses FlexAttention too
+  under flex (and under te when flash-attn is absent).
 * The last stage returns per-token cross entropy [B, S] (vocab-parallel, fp32), targets shifted
-  inside and never crossing a sub-sample boundary.
+  inside and never crossing a sub-sample boundary. With `loss_chunk_tokens` > 0 the output layer
+  and the CE run fused over chunks of the labelled tokens (`chunked_ce.py`), never holding the
+  full logits; 0 keeps the plain logits + `vocab_parallel_cross_entropy` path.
 """
 
 from __future__ import annotations
@@ -43,24 +50,57 @@ def te_available() -> bool:
     return torch.cuda.is_available()
 
 
-def use_te(attention: str = "auto") -> bool:
-    if attention == "mask":
-        return False
+ATTENTION = ("auto", "te", "flex", "mask")
+RECOMPUTE = ("off", "full", "selective")
+
+
+def resolve_attention(attention: str = "auto") -> str:
+    """"auto" -> "te" on CUDA with TransformerEngine, else "flex" on CUDA, else "mask" (CPU:
+    torch's FlexAttention has no CPU backward of its own and its eager form materialises the
+    scores like the mask path does, so the long-tested mask path stays the CPU default)."""
+    if attention not in ATTENTION:
+        raise ValueError(f"parallel.attention must be one of {ATTENTION}, got {attention!r}")
     if attention == "te" and not te_available():
         raise RuntimeError("parallel.attention=te needs TransformerEngine on a CUDA machine")
-    return te_available()
+    if attention == "flex":
+        from llava_ov15.model import flex_attention
+
+        if not flex_attention.available():
+            raise RuntimeError("parallel.attention=flex needs torch >= 2.5 (FlexAttention)")
+    if attention != "auto":
+        return attention
+    if te_available():
+        return "te"
+    return "flex" if torch.cuda.is_available() else "mask"
+
+
+def use_te(attention: str = "auto") -> bool:
+    return resolve_attention(attention) == "te"
+
+
+def recompute_mode(recompute: bool | str | None) -> str:
+    """YAML's true/false (the older boolean option) -> "full"/"off"; strings are checked."""
+    if recompute is None or isinstance(recompute, bool):
+        return "full" if recompute else "off"
+    if recompute not in RECOMPUTE:
+        raise ValueError(f"train.recompute must be one of {RECOMPUTE} (or true/false), "
+                         f"got {recompute!r}")
+    return recompute
 
 
 def transformer_config(mc: LlavaOV15Config, *, tp: int = 1, pp: int = 1, bf16: bool = False,
-                       recompute: bool = False, init_std: float = 0.02,
+                       recompute: bool | str = "off", init_std: float = 0.02,
                        token_mean_loss: bool = False, on_gpu: bool | None = None,
                        ) -> TransformerConfig:
     t = mc.text
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     kw = {}
-    if recompute:
+    mode = recompute_mode(recompute)
+    if mode == "full":
         kw.update(recompute_granularity="full", recompute_method="uniform",
                   recompute_num_layers=1)
+    elif mode == "selective":  # megatron checkpoints the layer spec's core_attention
+        kw.update(recompute_granularity="selective", recompute_modules=["core_attn"])
     return TransformerConfig(
         num_layers=t.num_layers, hidden_size=t.hidden_size, num_attention_heads=t.num_heads,
         num_query_groups=t.num_kv_heads, kv_channels=t.head_dim,
@@ -78,15 +118,41 @@ def transformer_config(mc: LlavaOV15Config, *, tp: int = 1, pp: int = 1, bf16: b
     )
 
 
-def layer_spec(te: bool):
+def layer_spec(attention: str | bool):
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
 
-    if te:
+    attention = _attention_name(attention)
+    if attention == "te":
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
-    return get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    if attention == "flex":
+        from .flex_core_attention import FlexCoreAttention
+
+        spec.submodules.self_attention.submodules.core_attention = FlexCoreAttention
+    return spec
+
+
+def _attention_name(attention: str | bool) -> str:
+    """build_model's older boolean `te` argument -> "te"/"mask"."""
+    if isinstance(attention, bool):
+        return "te" if attention else "mask"
+    if attention not in ("te", "flex", "mask"):
+        raise ValueError(f"attention must be te, flex or mask (resolve 'auto' first), "
+                         f"got {attention!r}")
+    return attention
+
+
+def _vision_attention(attention: str) -> str:
+    if attention == "flex":
+        return "flex"
+    if attention == "te":  # TE does not serve our vision tower: flash-attn varlen, else flex
+        from llava_ov15.model import attention as va
+
+        return "sdpa" if va._flash_varlen is not None else "flex"
+    return "sdpa"
 
 
 def segment_ids(cu_seqlens: torch.Tensor, b: int, s: int) -> torch.Tensor:
@@ -114,17 +180,22 @@ def shifted_targets(labels: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
 class LlavaMegatron(MegatronModule):
     """One pipeline stage of the model (vision only on the first)."""
 
-    def __init__(self, config: TransformerConfig, mc: LlavaOV15Config, *, te: bool = False,
-                 pre_process: bool = True, post_process: bool = True):
+    def __init__(self, config: TransformerConfig, mc: LlavaOV15Config, *,
+                 attention: str | bool = "mask", pre_process: bool = True,
+                 post_process: bool = True, loss_chunk_tokens: int = 0, te: bool | None = None):
         super().__init__(config=config)
-        self.mc, self.te = mc, te
+        attention = _attention_name(te if te is not None else attention)
+        self.mc, self.attention, self.te = mc, attention, attention == "te"
+        self.loss_chunk_tokens = loss_chunk_tokens
         self.pre_process, self.post_process = pre_process, post_process
         self.vision = None
         if pre_process:
             self.vision = VisionTower(mc.vision)
             self.vision.to(config.params_dtype)
+            self.vision.attention = _vision_attention(attention)
+            self.vision.set_recompute(config.recompute_granularity or "off")
         self.language = GPTModel(
-            config, layer_spec(te), vocab_size=mc.text.vocab_size,
+            config, layer_spec(attention), vocab_size=mc.text.vocab_size,
             max_sequence_length=mc.text.max_position_embeddings, pre_process=pre_process,
             post_process=post_process, share_embeddings_and_output_weights=False,
             position_embedding_type="rope", rotary_base=int(mc.text.rope_theta),
@@ -175,12 +246,17 @@ class LlavaMegatron(MegatronModule):
         else:
             table = lang.rotary_pos_emb(int(position_ids.max()) + 1)  # [L, 1, 1, D]
             rope = table[:, 0, 0][position_ids.transpose(0, 1)].unsqueeze(2)  # [S, B, 1, D]
-            h = lang.decoder(hidden_states=decoder_input, attention_mask=block_causal_mask(seg),
+            # flex: the [B, S] segment ids travel as the mask (FlexCoreAttention builds its
+            # BlockMask from them); mask: the explicit [B, 1, S, S] block-causal mask.
+            mask = seg if self.attention == "flex" else block_causal_mask(seg)
+            h = lang.decoder(hidden_states=decoder_input, attention_mask=mask,
                              rotary_pos_emb=rope)
         if not self.post_process:
             return h
         if pooled is not None:
             pooled["hidden"] = h
+        if labels is not None and self.loss_chunk_tokens > 0:
+            return self._chunked_loss(h, labels, seg)
         logits, _ = lang.output_layer(h)  # [S, B, V/tp]
         if labels is None:  # inference / tests: full-vocab logits [B, S, V]
             full = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
@@ -191,10 +267,28 @@ class LlavaMegatron(MegatronModule):
             logits.float(), tgt.clamp(min=0).transpose(0, 1).contiguous())
         return loss.transpose(0, 1) * valid  # [B, S] per-token CE, 0 where not trained
 
+    def _chunked_loss(self, h: torch.Tensor, labels: torch.Tensor, seg: torch.Tensor):
+        """Same [B, S] per-token CE as the plain path, from the labelled tokens only, through
+        the fused chunked output layer + CE (unlabelled tokens cost nothing and get 0)."""
+        from .chunked_ce import chunked_vocab_parallel_cross_entropy
 
-def build_model(mc: LlavaOV15Config, config: TransformerConfig, te: bool) -> LlavaMegatron:
-    return LlavaMegatron(config, mc, te=te, pre_process=ps.is_pipeline_first_stage(),
-                         post_process=ps.is_pipeline_last_stage())
+        tgt = shifted_targets(labels, seg).transpose(0, 1)  # [S, B]
+        valid = tgt != IGNORE_INDEX
+        per_tok = chunked_vocab_parallel_cross_entropy(
+            h[valid], self.language.output_layer.weight, tgt[valid], self.loss_chunk_tokens)
+        loss = torch.zeros(tgt.shape, dtype=torch.float32, device=h.device)
+        loss = loss.masked_scatter(valid, per_tok)
+        return loss.transpose(0, 1)
+
+
+def build_model(mc: LlavaOV15Config, config: TransformerConfig,
+                attention: str | bool = "mask", loss_chunk_tokens: int = 0,
+                te: bool | None = None) -> LlavaMegatron:
+    """`attention`: "te" | "flex" | "mask" (`resolve_attention`); `te=` is the older bool."""
+    return LlavaMegatron(config, mc, attention=attention, te=te,
+                         pre_process=ps.is_pipeline_first_stage(),
+                         post_process=ps.is_pipeline_last_stage(),
+                         loss_chunk_tokens=loss_chunk_tokens)
 
 
 def apply_freezing(model: torch.nn.Module, trainable: list[str] | None) -> int:

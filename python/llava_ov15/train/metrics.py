@@ -5,8 +5,10 @@ backward costs 2× that when its weights train, 1× when only the input gradient
 (a frozen module with trainable modules before it), 0 when nothing before it trains (e.g. the
 frozen vision tower in stage 1: autograd never enters it). Attention score/value products are
 counted per sub-sample (causal halves for the LLM, full per image for the ViT). With activation
-recompute the recomputed forward is added too, so the figure is *hardware* FLOPs utilisation
-(HFU, the reference's 45% claim); without recompute it is MFU.
+recompute the recomputed forward is added too (full: whole layers; selective: the attention
+core's score/value products only), so the figure is *hardware* FLOPs utilisation (HFU, the
+reference's 45% claim); without recompute it is MFU. With the fused chunked loss
+(`labelled_head_only`) the output layer runs on labelled tokens only, and only those count.
 """
 
 from __future__ import annotations
@@ -43,12 +45,23 @@ class FlopCounter:
     vision_trains: bool  # any vision-tower weights train (stage 1.5 / 2)
     adapter_trains: bool
     llm_trains: bool
-    recompute: bool = False
+    recompute: bool | str = False  # True/"full", "selective", False/"off"
+    labelled_head_only: bool = False  # train.loss_chunk_tokens > 0
+
+    @property
+    def _mode(self) -> str:
+        if isinstance(self.recompute, bool):
+            return "full" if self.recompute else "off"
+        return self.recompute
 
     def _factor(self, weights_train: bool, grad_flows: bool) -> float:
         """fwd + bwd (+ recompute fwd) multiple of the forward FLOPs."""
         bwd = 2.0 if weights_train else (1.0 if grad_flows else 0.0)
-        return 1.0 + bwd + (1.0 if self.recompute and bwd else 0.0)
+        return 1.0 + bwd + (1.0 if self._mode == "full" and bwd else 0.0)
+
+    def _selective(self, weights_train: bool, grad_flows: bool) -> float:
+        """Extra multiple of the attention-core FLOPs under selective recompute."""
+        return 1.0 if self._mode == "selective" and (weights_train or grad_flows) else 0.0
 
     def vision_forward(self, grid_thw: torch.Tensor) -> tuple[float, float]:
         """(vision-tower forward FLOPs, merger forward FLOPs) for these images."""
@@ -64,6 +77,18 @@ class FlopCounter:
         merger = 2 * (patches / v.spatial_merge_size**2) * (m * m + m * v.out_hidden_size)
         return tower, merger
 
+    def vision_attention(self, grid_thw: torch.Tensor) -> float:
+        """The attention-core part of `vision_forward`'s tower FLOPs."""
+        v = self.mc.vision
+        n_per = (grid_thw.prod(-1) + 1).double()
+        return v.num_layers * float((4 * n_per**2 * v.hidden_size).sum())
+
+    def llm_attention(self, cu_seqlens: torch.Tensor) -> float:
+        """The attention-core part of `llm_forward`'s decoder FLOPs."""
+        t = self.mc.text
+        lens = (cu_seqlens[1:] - cu_seqlens[:-1]).double()
+        return t.num_layers * float((2 * lens**2 * t.num_heads * t.head_dim).sum())
+
     def llm_forward(self, cu_seqlens: torch.Tensor, tokens: int) -> tuple[float, float]:
         """(decoder forward FLOPs, LM-head forward FLOPs)."""
         t = self.mc.text
@@ -76,17 +101,30 @@ class FlopCounter:
     def batch_flops(self, batch: dict[str, torch.Tensor]) -> float:
         tokens = int(batch["input_ids"].numel())
         dec, head = self.llm_forward(batch["cu_seqlens"], tokens)
+        if self.labelled_head_only and batch.get("labels") is not None:
+            head *= labelled_tokens(batch["labels"], batch["cu_seqlens"]) / max(tokens, 1)
         total = 0.0
         grid = batch.get("image_grid_thw")
         vis_before = False
         if grid is not None and len(grid):
             tower, merger = self.vision_forward(grid)
             total += tower * self._factor(self.vision_trains, False)
+            total += self.vision_attention(grid) * self._selective(self.vision_trains, False)
             total += merger * self._factor(self.adapter_trains, self.vision_trains)
             vis_before = self.vision_trains or self.adapter_trains
         total += dec * self._factor(self.llm_trains, vis_before)
+        total += self.llm_attention(batch["cu_seqlens"]) * self._selective(self.llm_trains,
+                                                                           vis_before)
         total += head * self._factor(self.llm_trains, vis_before or self.llm_trains)
         return total
+
+
+def labelled_tokens(labels: torch.Tensor, cu_seqlens: torch.Tensor) -> int:
+    """Tokens with a next-token target (the target is labelled and in the same sub-sample)."""
+    flat = labels.reshape(-1)
+    starts = cu_seqlens[1:-1].long()  # a target at a sub-sample start belongs to the next one
+    starts = starts[starts < flat.numel()]
+    return int((flat[1:] != -100).sum()) - int((flat[starts] != -100).sum())
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
