@@ -160,7 +160,7 @@ def _generic_defaults() -> dict[str, Any]:
 
 def published_dict(d: dict[str, Any]) -> dict[str, Any]:
     """A full config dict without transformers' generic bookkeeping at default values, with the
-    published spellings (`torch_dtype` beside `dtype`, `rope_scaling: null`)."""
+    published spellings (`architectures`, `torch_dtype` beside `dtype`, `rope_scaling: null`)."""
     generic = _generic_defaults()
 
     def clean(sub: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +170,9 @@ def published_dict(d: dict[str, Any]) -> dict[str, Any]:
         return out
 
     out = clean(d)
-    out.setdefault("architectures", [ARCHITECTURE])
+    # PreTrainedModel.save_pretrained records its own class name; the published one is what
+    # other tools (the remote code, vLLM, SGLang) dispatch on, and Auto classes use model_type.
+    out["architectures"] = [ARCHITECTURE]
     if out.get("dtype") is not None:
         out["torch_dtype"] = out["dtype"]
     for name in ("vision_config", "text_config"):
