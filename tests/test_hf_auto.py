@@ -194,6 +194,18 @@ def test_save_pretrained_round_trip_keeps_published_files(model_dir, tmp_path):
     pre = json.loads((out / "preprocessor_config.json").read_text())
     assert pre["image_processor_type"] == "Qwen2VLImageProcessor"
     assert (pre["patch_size"], pre["merge_size"], pre["temporal_patch_size"]) == (14, 2, 1)
+    # what the published snippet's processor reads from it (transformers' Qwen2-VL image
+    # processor, PIL backend) gives the project's pixels bit for bit
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    rng = np.random.default_rng(1)
+    ims = [Image.fromarray(rng.integers(0, 255, (h, 70, 3), dtype=np.uint8)) for h in (44, 90)]
+    theirs = Qwen2VLImageProcessorPil.from_pretrained(out)(ims, return_tensors="pt")
+    mine = ovhf.LlavaOV15ImageProcessor.from_pretrained(out)(ims, return_tensors="pt")
+    assert torch.equal(theirs["image_grid_thw"], mine["image_grid_thw"])
+    assert torch.equal(theirs["pixel_values"], mine["pixel_values"])
 
     with safe_open(out / "model.safetensors", "pt") as f, \
             safe_open(src / "model.safetensors", "pt") as g:
