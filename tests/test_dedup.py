@@ -310,3 +310,25 @@ def test_rewrite_writes_a_build_without_the_dropped_samples(planted, tmp_path, q
     p = run_cli("dedup", "--input", str(shards), "--output", str(tmp_path / "d"), "--rewrite",
                 str(out), "--overwrite", "--no-contact-sheet", "--progress", "quiet")
     assert f"rewrite:  {len(originals)} samples" in p.stdout
+
+
+def test_pack_resume_refuses_a_changed_exclude_list(planted, tmp_path, qwen_tokenizer):
+    """The exclude list's content (not its path) is part of pack's resume fingerprint: a resume
+    with another list, or none, is refused instead of mixing two selections in one output."""
+    shards, copies, _ = planted
+    drop = tmp_path / "drop.txt"
+    keys = sorted(copies)
+    drop.write_text("".join(f"{k}\tnear-duplicate of x\n" for k in keys))
+    out = tmp_path / "p"
+    args = ("pack", "--input", str(shards), "--output", str(out), "--tokenizer",
+            str(qwen_tokenizer), "--progress", "quiet")
+    run_cli(*args, "--exclude", str(drop))
+    manifest = (out / "manifest.json").read_bytes()
+    same = tmp_path / "same.txt"
+    same.write_bytes(drop.read_bytes())
+    run_cli(*args, "--exclude", str(same), "--resume")   # same content elsewhere: the same job
+    drop.write_text("".join(f"{k}\tnear-duplicate of x\n" for k in keys[1:]))
+    for extra in (("--exclude", str(drop)), ()):
+        p = run_cli(*args, *extra, "--resume", check=False)
+        assert p.returncode == 1 and "different input or options" in p.stderr, p.stderr
+    assert (out / "manifest.json").read_bytes() == manifest
