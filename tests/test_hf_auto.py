@@ -282,3 +282,25 @@ def test_wrong_model_type_and_bad_settings_are_clear_errors(model_dir, tmp_path)
             Image.new("RGB", (30, 30)), Image.new("RGB", (30, 30))])
     with pytest.raises(ValueError, match="videos are not supported"):
         proc(text="x", videos=[[Image.new("RGB", (30, 30))]])
+
+
+def test_tokenizing_chat_template_and_checkpointed_training_step(model_dir, image_file):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    image = Image.open(image_file).convert("RGB")
+    msgs = [{"role": "user", "content": [{"type": "image", "image": image},
+                                         {"type": "text", "text": "what is this"}]}]
+    enc = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                        return_dict=True, return_tensors="pt")
+    text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    ref = processor(text=text, images=[image], return_tensors="pt")
+    assert set(enc) >= set(ref) and all(torch.equal(enc[k], ref[k]) for k in ref)
+
+    model.train()
+    plain = model(**ref, labels=ref["input_ids"]).loss
+    model.activation_checkpointing_enable()
+    assert model.model.gradient_checkpointing and model.visual.gradient_checkpointing
+    loss = model(**ref, labels=ref["input_ids"]).loss
+    loss.backward()
+    assert torch.equal(loss, plain)
+    assert model.visual.blocks[0].attn.qkv.weight.grad.abs().sum() > 0

@@ -63,6 +63,8 @@ class LlavaOV15PreTrainedModel(PreTrainedModel):
     base_model_prefix = ""
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
+    # transformers' default toggles the `gradient_checkpointing` flag of our VisionTower and
+    # Qwen3Model, which checkpoint their blocks themselves.
     supports_gradient_checkpointing = True
     _no_split_modules = ["VisionBlock", "Qwen3Layer"]
     _skip_keys_device_placement = ["past_key_values"]
@@ -111,9 +113,6 @@ class LlavaOV15ForConditionalGenerationHF(LlavaOV15PreTrainedModel, GenerationMi
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
-
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
-        self.core.set_gradient_checkpointing(enable)
 
     def forward(
         self,
