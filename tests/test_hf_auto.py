@@ -256,6 +256,9 @@ def test_published_sharded_bf16_dir_loads(tmp_path):
     # no tokenizer_config/preprocessor files: the processor uses the defaults + chat template
     proc = AutoProcessor.from_pretrained(d)
     assert type(proc) is ovhf.LlavaOV15Processor
+    assert proc.image_processor.min_pixels == 3136
+    big = transformers.AutoImageProcessor.from_pretrained(d, min_pixels=200_704)
+    assert big(Image.new("RGB", (30, 30)))["image_grid_thw"].prod() * 14**2 >= 200_704
     text = proc.apply_chat_template([{"role": "user", "content": "what is this"}],
                                     add_generation_prompt=True, tokenize=False)
     assert text.endswith("<|im_start|>assistant\n") and "You are a helpful assistant." in text

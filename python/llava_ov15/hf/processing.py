@@ -97,6 +97,20 @@ class LlavaOV15ImageProcessor(BaseImageProcessor):
         super().__init__()
         self.merge_size = MERGE_SIZE
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> LlavaOV15ImageProcessor:
+        """From a directory's preprocessor_config.json (defaults when it has none); `min_pixels`
+        / `max_pixels` keyword arguments override the file."""
+        path = Path(pretrained_model_name_or_path, kwargs.pop("subfolder", "") or "")
+        if path.is_file():
+            path = path.parent
+        if not path.is_dir():
+            raise ValueError(f"{path}: not a local model directory")
+        f = path / PREPROCESSOR_CONFIG
+        d = json.loads(f.read_text()) if f.is_file() else {}
+        d.update({k: kwargs[k] for k in ("min_pixels", "max_pixels") if kwargs.get(k)})
+        return cls(**d)
+
     def preprocess(self, images, min_pixels: int | None = None, max_pixels: int | None = None,
                    return_tensors: str | None = None, **kwargs) -> BatchFeature:
         pil = [_as_pil(im) for im in _flatten_images(images)]
@@ -147,9 +161,7 @@ class LlavaOV15Processor(ProcessorMixin):
         kwargs.pop("trust_remote_code", None)
         kwargs.pop("_from_auto", None)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        cfg = path / PREPROCESSOR_CONFIG
-        ip_cfg = json.loads(cfg.read_text()) if cfg.is_file() else {}
-        image_processor = LlavaOV15ImageProcessor(**{**ip_cfg, **pix})
+        image_processor = LlavaOV15ImageProcessor.from_pretrained(path, **pix)
         template = None
         if (path / "chat_template.jinja").is_file():
             template = (path / "chat_template.jinja").read_text()
