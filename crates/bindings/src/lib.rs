@@ -14,6 +14,8 @@ mod image;
 mod lengths;
 mod loader;
 mod pack;
+mod ray_build;
+mod ray_pack;
 
 pyo3::create_exception!(
     _native,
@@ -118,6 +120,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     lengths::register(m)?;
     image::register(m)?;
     pack::register(m)?;
+    ray_pack::register(m)?;
     loader::register(m)?;
     dedup::register(m)?;
     Ok(())

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::layout::{layout, Corpus, Plan};
-use super::write::{copy_source_shard, partial_path, write_skeletons};
+use super::layout::{layout, Corpus, OutShard, Plan};
+use super::scan::ShardScan;
+use super::write::{copy_work, partial_path, write_skeletons, CopyWork};
 use super::{length_counter, scan_all, source_shards, PackOptions, PackSummary};
 use crate::build::progress::{Counters, Reporter};
 use crate::build::shard_number;
@@ -51,7 +52,7 @@ impl State {
     }
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -205,21 +206,258 @@ fn prepare(opts: &PackOptions, st: &State, fp: &Value) -> Result<Checkpoint> {
     Ok(Checkpoint::default())
 }
 
+/// A pack job split into its phases, so the same code runs them in one process ([`pack`]) or
+/// spread over a cluster (scan and copy as remote tasks, the rest on a driver):
+/// [`PackJob::open`] → scan every source ([`super::scan_shard`]) → [`PackJob::plan`] →
+/// [`copy_work`] of each [`PackJob::copy_work`], then [`PackJob::mark_copied`] →
+/// [`finalize_shard`] of each [`PackJob::out_shards`] → [`PackJob::finish`].
+pub struct PackJob {
+    opts: PackOptions,
+    sources: Vec<PathBuf>,
+    fp: Value,
+    st: State,
+    ckpt: Mutex<Checkpoint>,
+    started: Instant,
+    scans: Vec<ShardScan>,
+    planned: Option<Planned>,
+}
+
+struct Planned {
+    plan: Plan,
+    starts: Vec<usize>,
+    lengths: Vec<u32>,
+    img_tokens: Vec<u32>,
+    errors: Vec<(usize, String, &'static str)>,
+    placed: Vec<bool>,
+    resumed: u64,
+}
+
+impl PackJob {
+    /// Validate the options, fingerprint the input and prepare (or resume) the output dir.
+    pub fn open(opts: &PackOptions) -> Result<Self> {
+        opts.validate()?;
+        let started = Instant::now();
+        let sources = source_shards(&opts.input)?;
+        let fp = fingerprint(opts, &sources)?;
+        let st = State {
+            dir: opts.output.join(".llava-pack"),
+        };
+        let ckpt = prepare(opts, &st, &fp)?;
+        Ok(PackJob {
+            opts: opts.clone(),
+            sources,
+            fp,
+            st,
+            ckpt: Mutex::new(ckpt),
+            started,
+            scans: Vec::new(),
+            planned: None,
+        })
+    }
+
+    /// An earlier run finished this job: [`Self::summary`] is all there is to do.
+    pub fn is_complete(&self) -> bool {
+        self.ckpt.lock().unwrap().complete
+    }
+
+    pub fn sources(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    pub fn options(&self) -> &PackOptions {
+        &self.opts
+    }
+
+    /// sha256 of the tokenizer the job was fingerprinted with (scan tasks check theirs).
+    pub fn tokenizer_sha256(&self) -> &str {
+        self.fp["tokenizer_sha256"].as_str().unwrap_or("")
+    }
+
+    /// The summary of the finished job, read back from its files.
+    pub fn summary(&self) -> Result<PackSummary> {
+        summary_from_disk(&self.opts, self.started)
+    }
+
+    /// The scan of source shard `k` (after [`Self::plan`]).
+    pub fn scan(&self, k: usize) -> &ShardScan {
+        &self.scans[k]
+    }
+
+    /// The global decisions from every source shard's scan (in source order): rejects, the
+    /// packing and the byte layout; writes the output skeleton unless a resumed run did.
+    /// Returns the source shards still to copy.
+    pub fn plan(&mut self, scans: Vec<ShardScan>) -> Result<Vec<usize>> {
+        let opts = &self.opts;
+        if scans.len() != self.sources.len() {
+            return Err(PackError::InvalidOption(format!(
+                "{} scans for {} source shards",
+                scans.len(),
+                self.sources.len()
+            )));
+        }
+        self.scans = scans;
+        let corpus = Corpus::new(&self.scans);
+        let mut lengths = Vec::with_capacity(corpus.len());
+        let mut img_tokens = Vec::with_capacity(corpus.len());
+        let mut errors: Vec<(usize, String, &'static str)> = Vec::new();
+        let exclude = match &opts.exclude {
+            Some(x) => crate::dedup::read_exclude(x)?,
+            None => Default::default(),
+        };
+        for (k, s) in self.scans.iter().enumerate() {
+            for (j, m) in s.samples.iter().enumerate() {
+                // A sample that cannot be measured (or is excluded) is rejected before
+                // packing: give it a length no pack accepts and record the real reason.
+                let excluded = exclude.get(&m.key);
+                lengths.push(if m.error.is_some() || excluded.is_some() {
+                    u32::MAX
+                } else {
+                    m.length
+                });
+                img_tokens.push(m.image_tokens());
+                if let Some(why) = excluded {
+                    errors.push((corpus.starts[k] + j, why.clone(), "excluded"));
+                } else if let Some(e) = &m.error {
+                    errors.push((corpus.starts[k] + j, e.clone(), "invalid sample"));
+                }
+            }
+        }
+        let cfg = PackConfig {
+            max_len: opts.max_len,
+            max_image_tokens: opts.max_image_tokens,
+        };
+        let packing = bfd(&lengths, Some(&img_tokens), &cfg);
+        let plan = layout(
+            &corpus,
+            packing,
+            opts.max_len,
+            &opts.prefix,
+            opts.packs_per_shard,
+            opts.shard_size,
+        );
+        let mut placed = vec![false; corpus.len()];
+        for &g in &plan.packing.items {
+            placed[g as usize] = true;
+        }
+        let mut ckpt = self.ckpt.lock().unwrap();
+        if ckpt.done.len() != self.sources.len() {
+            *ckpt = Checkpoint {
+                format_version: crate::FORMAT_VERSION,
+                done: vec![false; self.sources.len()],
+                ..Default::default()
+            };
+        }
+        if !ckpt.skeleton {
+            write_skeletons(&opts.output, &corpus, &plan, opts.max_len)
+                .map_err(|e| PackError::output(&opts.output, e))?;
+            ckpt.skeleton = true;
+            self.st.save(&ckpt)?;
+        }
+        let resumed = ckpt.done.iter().filter(|&&d| d).count() as u64;
+        let todo = (0..self.sources.len()).filter(|&k| !ckpt.done[k]).collect();
+        drop(ckpt);
+        self.planned = Some(Planned {
+            plan,
+            starts: corpus.starts.clone(),
+            lengths,
+            img_tokens,
+            errors,
+            placed,
+            resumed,
+        });
+        Ok(todo)
+    }
+
+    fn planned(&self) -> &Planned {
+        self.planned.as_ref().expect("PackJob::plan runs first")
+    }
+
+    /// Source shards a resumed run found already copied.
+    pub fn resumed(&self) -> u64 {
+        self.planned().resumed
+    }
+
+    /// Pass-2 work of source shard `k`.
+    pub fn copy_work(&self, k: usize) -> CopyWork {
+        let p = self.planned();
+        let corpus = Corpus {
+            shards: &self.scans,
+            starts: p.starts.clone(),
+        };
+        CopyWork::for_source(
+            &self.sources[k],
+            k,
+            &corpus,
+            &p.plan,
+            &p.placed,
+            &self.opts.output,
+        )
+    }
+
+    /// Record that source shard `k`'s bytes are all in place and synced (checkpoint).
+    pub fn mark_copied(&self, k: usize) -> Result<()> {
+        let mut c = self.ckpt.lock().unwrap();
+        c.done[k] = true;
+        self.st.save(&c)
+    }
+
+    /// The planned output shards, in order ([`finalize_shard`] each once all are copied).
+    pub fn out_shards(&self) -> &[OutShard] {
+        &self.planned().plan.shards
+    }
+
+    /// Write `.nv-meta/`, rejects, stats, tokenizer and manifest from the finalized shards
+    /// (`infos`, in [`Self::out_shards`] order) and mark the job complete.
+    pub fn finish(&self, infos: Vec<ShardInfo>, timings: Value) -> Result<PackSummary> {
+        let copied = self.ckpt.lock().unwrap().done.iter().all(|&d| d);
+        if !copied || infos.len() != self.out_shards().len() {
+            return Err(PackError::InvalidOption(
+                "finish before every source shard is copied and every shard finalized".into(),
+            ));
+        }
+        let p = self.planned();
+        let corpus = Corpus {
+            shards: &self.scans,
+            starts: p.starts.clone(),
+        };
+        finalize(
+            &self.opts,
+            &self.fp,
+            &corpus,
+            &p.plan,
+            &p.lengths,
+            &p.img_tokens,
+            &p.errors,
+            infos,
+            timings,
+        )?;
+        let mut c = self.ckpt.lock().unwrap();
+        c.complete = true;
+        self.st.save(&c)?;
+        drop(c);
+        let s = self.summary()?;
+        log(
+            &self.opts,
+            &format!(
+                "llava-pack: {} samples → {} packs in {} shards, {} rejects, {:.1}s",
+                s.samples, s.packs, s.shards, s.rejects, s.seconds
+            ),
+        );
+        Ok(PackSummary {
+            resumed_shards: p.resumed,
+            ..s
+        })
+    }
+}
+
 pub fn pack(opts: &PackOptions, cancel: &AtomicBool) -> Result<PackSummary> {
-    opts.validate()?;
-    let started = Instant::now();
-    let sources = source_shards(&opts.input)?;
-    let fp = fingerprint(opts, &sources)?;
-    let st = State {
-        dir: opts.output.join(".llava-pack"),
-    };
-    let mut ckpt = prepare(opts, &st, &fp)?;
-    if ckpt.complete {
+    let mut job = PackJob::open(opts)?;
+    if job.is_complete() {
         log(
             opts,
             &format!("llava-pack: {} is already complete", opts.output.display()),
         );
-        return summary_from_disk(opts, started);
+        return job.summary();
     }
     let counter = length_counter(
         &opts.tokenizer,
@@ -228,6 +466,7 @@ pub fn pack(opts: &PackOptions, cancel: &AtomicBool) -> Result<PackSummary> {
         opts.caption_format,
     )?;
     let workers = opts.worker_count();
+    let sources = job.sources().to_vec();
     let total_bytes: u64 = sources
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
@@ -247,68 +486,11 @@ pub fn pack(opts: &PackOptions, cancel: &AtomicBool) -> Result<PackSummary> {
     let scans = scans?;
     let t_scan = t1.elapsed().as_secs_f64();
 
-    // Plan.
-    let corpus = Corpus::new(&scans);
-    let mut lengths = Vec::with_capacity(corpus.len());
-    let mut img_tokens = Vec::with_capacity(corpus.len());
-    let mut errors: Vec<(usize, String, &str)> = Vec::new();
-    let exclude = match &opts.exclude {
-        Some(x) => crate::dedup::read_exclude(x)?,
-        None => Default::default(),
-    };
-    for (k, s) in scans.iter().enumerate() {
-        for (j, m) in s.samples.iter().enumerate() {
-            // A sample that cannot be measured (or is excluded) is rejected before packing:
-            // give it a length no pack accepts and record the real reason separately.
-            let excluded = exclude.get(&m.key);
-            lengths.push(if m.error.is_some() || excluded.is_some() {
-                u32::MAX
-            } else {
-                m.length
-            });
-            img_tokens.push(m.image_tokens());
-            if let Some(why) = excluded {
-                errors.push((corpus.starts[k] + j, why.clone(), "excluded"));
-            } else if let Some(e) = &m.error {
-                errors.push((corpus.starts[k] + j, e.clone(), "invalid sample"));
-            }
-        }
-    }
-    let cfg = PackConfig {
-        max_len: opts.max_len,
-        max_image_tokens: opts.max_image_tokens,
-    };
+    // Plan, skeleton.
     let t0 = Instant::now();
-    let packing = bfd(&lengths, Some(&img_tokens), &cfg);
+    let todo = job.plan(scans)?;
     let t_pack = t0.elapsed().as_secs_f64();
-    let plan = layout(
-        &corpus,
-        packing,
-        opts.max_len,
-        &opts.prefix,
-        opts.packs_per_shard,
-        opts.shard_size,
-    );
-    let mut placed = vec![false; corpus.len()];
-    for &g in &plan.packing.items {
-        placed[g as usize] = true;
-    }
-
-    // Skeleton + pass 2.
-    if ckpt.done.len() != sources.len() {
-        ckpt = Checkpoint {
-            format_version: crate::FORMAT_VERSION,
-            done: vec![false; sources.len()],
-            ..Default::default()
-        };
-    }
-    if !ckpt.skeleton {
-        write_skeletons(&opts.output, &corpus, &plan, opts.max_len)
-            .map_err(|e| PackError::output(&opts.output, e))?;
-        ckpt.skeleton = true;
-        st.save(&ckpt)?;
-    }
-    let resumed = ckpt.done.iter().filter(|&&d| d).count() as u64;
+    let resumed = job.resumed();
     if resumed > 0 {
         log(
             opts,
@@ -318,71 +500,68 @@ pub fn pack(opts: &PackOptions, cancel: &AtomicBool) -> Result<PackSummary> {
             ),
         );
     }
+
+    // Pass 2.
     let counters = Arc::new(Counters::default());
     let reporter = Reporter::start(opts.progress, counters.clone(), Some(total_bytes));
-    let todo: Vec<usize> = (0..sources.len()).filter(|&k| !ckpt.done[k]).collect();
-    let shared = Mutex::new(ckpt);
     let copy = rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
         .build()
         .map_err(|e| PackError::InvalidOption(format!("--workers: {e}")))?
         .install(|| {
             todo.par_iter().try_for_each(|&k| -> Result<()> {
-                let n = copy_source_shard(
-                    &sources[k],
-                    k,
-                    &corpus,
-                    &plan,
-                    &placed,
-                    &opts.output,
-                    cancel,
-                )
-                .map_err(|e| {
-                    PackError::output(&opts.output, format!("{}: {e}", sources[k].display()))
-                })?
-                .ok_or(PackError::Cancelled)?;
-                let mut c = shared.lock().unwrap();
-                c.done[k] = true;
-                st.save(&c)?;
+                let n = copy_work(&job.copy_work(k), cancel)
+                    .map_err(|e| {
+                        PackError::output(&opts.output, format!("{}: {e}", sources[k].display()))
+                    })?
+                    .ok_or(PackError::Cancelled)?;
+                job.mark_copied(k)?;
+                let scan = job.scan(k);
                 counters
                     .records
-                    .fetch_add(scans[k].samples.len() as u64, Ordering::Relaxed);
+                    .fetch_add(scan.samples.len() as u64, Ordering::Relaxed);
                 counters.samples.fetch_add(n, Ordering::Relaxed);
                 counters.shards.fetch_add(1, Ordering::Relaxed);
-                counters.bytes.fetch_add(scans[k].bytes, Ordering::Relaxed);
+                counters.bytes.fetch_add(scan.bytes, Ordering::Relaxed);
                 Ok(())
             })
         });
     reporter.stop();
     copy?;
-    let mut ckpt = shared.into_inner().unwrap();
     let t_copy = t1.elapsed().as_secs_f64() - t_scan - t_pack;
 
+    let n = job.scans.iter().map(|s| s.samples.len()).sum::<usize>();
     let timings = json!({"scan_seconds": t_scan, "pack_seconds": t_pack, "copy_seconds": t_copy,
-        "samples_per_second_scan": corpus.len() as f64 / t_scan.max(1e-9), "workers": workers});
-    finalize(
-        opts,
-        &fp,
-        &corpus,
-        &plan,
-        &lengths,
-        &img_tokens,
-        &errors,
-        timings,
-    )?;
-    ckpt.complete = true;
-    st.save(&ckpt)?;
-    let s = summary_from_disk(opts, started)?;
-    log(
-        opts,
-        &format!(
-            "llava-pack: {} samples → {} packs in {} shards, {} rejects, {:.1}s",
-            s.samples, s.packs, s.shards, s.rejects, s.seconds
-        ),
-    );
-    Ok(PackSummary {
-        resumed_shards: resumed,
-        ..s
+        "samples_per_second_scan": n as f64 / t_scan.max(1e-9), "workers": workers});
+    let infos = job
+        .out_shards()
+        .iter()
+        .map(|sh| finalize_shard(&opts.output, sh))
+        .collect::<Result<Vec<_>>>()?;
+    job.finish(infos, timings)
+}
+
+/// Finalize one fully copied output shard: fsync, `.tar.idx`, rename `.partial` into place,
+/// sha256. Idempotent (a shard already renamed is only hashed), so a crash is redone on resume.
+pub fn finalize_shard(out: &Path, sh: &OutShard) -> Result<ShardInfo> {
+    let oerr = |p: &Path, e: std::io::Error| PackError::output(p, e);
+    let fin = out.join(&sh.name);
+    let part = partial_path(out, &sh.name);
+    if part.exists() {
+        std::fs::File::open(&part)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| oerr(&part, e))?;
+        let idx: Vec<u8> = sh.offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+        let ip = out.join(format!("{}.idx", sh.name));
+        write_atomic(&ip, &idx).map_err(|e| oerr(&ip, e))?;
+        std::fs::rename(&part, &fin).map_err(|e| oerr(&fin, e))?;
+    }
+    let sha256 = sha256_file(&fin).map_err(|e| oerr(&fin, e))?;
+    Ok(ShardInfo {
+        name: sh.name.clone(),
+        samples: sh.offsets.len() as u64 - 1,
+        bytes: sh.bytes,
+        sha256,
     })
 }
 
@@ -418,32 +597,11 @@ fn finalize(
     lengths: &[u32],
     img_tokens: &[u32],
     errors: &[(usize, String, &str)],
+    infos: Vec<ShardInfo>,
     timings: Value,
 ) -> Result<()> {
     let out = &opts.output;
     let oerr = |p: &Path, e: std::io::Error| PackError::output(p, e);
-    // Shards: fsync, hash, index, rename. Idempotent, so a crash in here is redone on resume.
-    let mut infos = Vec::with_capacity(plan.shards.len());
-    for sh in &plan.shards {
-        let fin = out.join(&sh.name);
-        let part = partial_path(out, &sh.name);
-        if part.exists() {
-            std::fs::File::open(&part)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| oerr(&part, e))?;
-            let idx: Vec<u8> = sh.offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
-            let ip = out.join(format!("{}.idx", sh.name));
-            write_atomic(&ip, &idx).map_err(|e| oerr(&ip, e))?;
-            std::fs::rename(&part, &fin).map_err(|e| oerr(&fin, e))?;
-        }
-        let sha256 = sha256_file(&fin).map_err(|e| oerr(&fin, e))?;
-        infos.push(ShardInfo {
-            name: sh.name.clone(),
-            samples: sh.offsets.len() as u64 - 1,
-            bytes: sh.bytes,
-            sha256,
-        });
-    }
     crate::shard::sync_dir(out).map_err(|e| oerr(out, e))?;
     if !infos.is_empty() {
         write_energon_meta(out, &infos).map_err(|e| oerr(&out.join(".nv-meta"), e))?;

@@ -16,6 +16,7 @@ mod buckets;
 mod job;
 mod layout;
 mod scan;
+mod wire;
 mod write;
 
 use std::path::PathBuf;
@@ -25,8 +26,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use buckets::{buckets, BucketsOptions};
-pub use job::pack;
+pub use job::{finalize_shard, pack, sha256_file, PackJob};
+pub use layout::OutShard;
 pub use scan::{scan_shard, SampleMeta, ShardScan};
+pub use wire::{decode_scan, decode_work, encode_scan, encode_work};
+pub use write::{copy_work, CopyWork};
 
 use crate::build::Progress;
 use crate::error::{PackError, Result};
@@ -191,7 +195,7 @@ pub(crate) fn scan_all(
 }
 
 /// The counter of `tokenizer` with default training strings except the caption format.
-pub(crate) fn length_counter(
+pub fn length_counter(
     tokenizer: &std::path::Path,
     min_pixels: u64,
     max_pixels: u64,

@@ -68,11 +68,65 @@ pub fn write_skeletons(
     Ok(())
 }
 
+/// Pass-2 work of one source shard: every byte range it contributes to the output, as
+/// `(output shard, source offset, length, output offset)`. Built by the planner, run by
+/// [`copy_work`] — in a local thread or a Ray task on any node.
+#[derive(Debug, Clone)]
+pub struct CopyWork {
+    pub source: PathBuf,
+    pub output: PathBuf,
+    /// Samples the ranges belong to (reported as progress).
+    pub samples: u64,
+    /// Names of the output shards the ranges write into (`.partial` files during the job).
+    pub shards: Vec<String>,
+    pub ranges: Vec<(u32, u64, u64, u64)>,
+}
+
+impl CopyWork {
+    /// The work of source shard `k` of `corpus` under `plan` (`placed`: per global sample).
+    pub fn for_source(
+        src: &Path,
+        k: usize,
+        corpus: &Corpus<'_>,
+        plan: &Plan,
+        placed: &[bool],
+        out: &Path,
+    ) -> Self {
+        let mut local: HashMap<u32, u32> = HashMap::new();
+        let mut w = CopyWork {
+            source: src.to_path_buf(),
+            output: out.to_path_buf(),
+            samples: 0,
+            shards: Vec::new(),
+            ranges: Vec::new(),
+        };
+        for (j, m) in corpus.shards[k].samples.iter().enumerate() {
+            let g = corpus.starts[k] + j;
+            if !placed[g] {
+                continue;
+            }
+            let slot = plan.slots[g];
+            let sh = *local.entry(slot.shard).or_insert_with(|| {
+                w.shards.push(plan.shards[slot.shard as usize].name.clone());
+                w.shards.len() as u32 - 1
+            });
+            let mut hdr = slot.img_hdr;
+            for im in &m.images {
+                w.ranges.push((sh, im.data_off, im.size, hdr + 512));
+                hdr += 512 + im.size.div_ceil(512) * 512;
+            }
+            w.ranges.push((sh, m.json_off, m.json_size, slot.json));
+            w.samples += 1;
+        }
+        w
+    }
+}
+
 /// Open output files, bounded so a corpus with thousands of output shards stays under the
 /// file-descriptor limit: when full, everything is synced and closed.
 struct Outputs<'a> {
     out: &'a Path,
-    plan: &'a Plan,
+    names: &'a [String],
     files: HashMap<u32, File>,
 }
 
@@ -85,7 +139,7 @@ impl<'a> Outputs<'a> {
             self.files.clear();
         }
         if !self.files.contains_key(&shard) {
-            let path = partial_path(self.out, &self.plan.shards[shard as usize].name);
+            let path = partial_path(self.out, &self.names[shard as usize]);
             let f = OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -102,46 +156,25 @@ impl<'a> Outputs<'a> {
     }
 }
 
-/// Copy every packed sample of source shard `k` into place, then fsync what was written.
-/// Returns the number of samples copied.
-pub fn copy_source_shard(
-    src: &Path,
-    k: usize,
-    corpus: &Corpus<'_>,
-    plan: &Plan,
-    placed: &[bool],
-    out: &Path,
-    cancel: &AtomicBool,
-) -> io::Result<Option<u64>> {
-    let file = File::open(src)?;
+/// Copy every range of `work` into place (source read in file order), then fsync what was
+/// written. Returns the number of samples copied, `None` if cancelled. Idempotent: a redo
+/// after a crash or a retried task writes the same bytes at the same offsets.
+pub fn copy_work(work: &CopyWork, cancel: &AtomicBool) -> io::Result<Option<u64>> {
+    let file = File::open(&work.source)?;
     let mut outs = Outputs {
-        out,
-        plan,
+        out: &work.output,
+        names: &work.shards,
         files: HashMap::new(),
     };
     let mut buf = Vec::new();
-    let mut copied = 0u64;
-    for (j, m) in corpus.shards[k].samples.iter().enumerate() {
-        if j % 64 == 0 && cancel.load(Ordering::Relaxed) {
+    for (n, &(sh, src, len, dst)) in work.ranges.iter().enumerate() {
+        if n % 64 == 0 && cancel.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let g = corpus.starts[k] + j;
-        if !placed[g] {
-            continue;
-        }
-        let slot = plan.slots[g];
-        let mut hdr = slot.img_hdr;
-        for im in &m.images {
-            buf.resize(im.size as usize, 0);
-            file.read_exact_at(&mut buf, im.data_off)?;
-            outs.get(slot.shard)?.write_all_at(&buf, hdr + 512)?;
-            hdr += 512 + im.size.div_ceil(512) * 512;
-        }
-        buf.resize(m.json_size as usize, 0);
-        file.read_exact_at(&mut buf, m.json_off)?;
-        outs.get(slot.shard)?.write_all_at(&buf, slot.json)?;
-        copied += 1;
+        buf.resize(len as usize, 0);
+        file.read_exact_at(&mut buf, src)?;
+        outs.get(sh)?.write_all_at(&buf, dst)?;
     }
     outs.sync()?;
-    Ok(Some(copied))
+    Ok(Some(work.samples))
 }
