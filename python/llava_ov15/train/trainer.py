@@ -157,14 +157,12 @@ def build_model(cfg: TrainConfig, rt: Runtime):
     from . import megatron_model as mm
 
     mc = cfg.model_config()
-    te = mm.use_te(cfg.parallel.attention)
+    attn = mm.resolve_attention(cfg.parallel.attention)
     tcfg = mm.transformer_config(mc, tp=cfg.parallel.tp, pp=cfg.parallel.pp, bf16=cfg.train.bf16,
                                  recompute=cfg.train.recompute, init_std=cfg.model.init_std,
                                  token_mean_loss=cfg.train.loss == "token_mean")
-    raw = mm.build_model(mc, tcfg, te)
+    raw = mm.build_model(mc, tcfg, attn, loss_chunk_tokens=cfg.train.loss_chunk_tokens)
     init_weights(raw, tcfg, cfg.model.init_std, cfg.train.seed)
-    if raw.vision is not None and cfg.train.recompute:
-        raw.vision.gradient_checkpointing = True
     if cfg.model.hf_checkpoint:
         from llava_ov15.model.checkpoint import iter_checkpoint
 
@@ -360,7 +358,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     names = [n for n, p in raw.named_parameters() if p.requires_grad]
     flops = FlopCounter(mc, any(n.startswith("vision.") and ".merger." not in n for n in names),
                         any(".merger." in n for n in names),
-                        any(n.startswith("language.") for n in names), cfg.train.recompute)
+                        any(n.startswith("language.") for n in names), cfg.train.recompute,
+                        labelled_head_only=cfg.train.loss_chunk_tokens > 0)
     peak = cfg.log.peak_tflops or device_peak_tflops()
     log = MetricsLogger(cfg.log.dir, cfg.log.progress, cfg.train.steps, step,
                         cfg.log.tensorboard, enabled=rt.rank == 0)
