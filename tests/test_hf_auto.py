@@ -166,6 +166,14 @@ def test_logits_and_loss_equal_the_project_model(model_dir, image_file):
         cached = model(**enc, use_cache=True)
         assert cached.past_key_values.get_seq_length() == ids.shape[1]
         torch.testing.assert_close(cached.logits, want.logits, rtol=1e-5, atol=1e-5)
+    # wrapping the project's model in memory shares its weights
+    wrapped = ovhf.LlavaOV15ForConditionalGenerationHF.from_core(ours)
+    assert wrapped.lm_head.weight is ours.lm_head.weight
+    with torch.no_grad():
+        assert torch.equal(wrapped(**enc, use_cache=False).logits, want.logits)
+        # a child replaced on the HF model (resizing, adapters) is the one the forward runs
+        wrapped.lm_head = torch.nn.Linear(ours.lm_head.in_features, 5, bias=False)
+        assert wrapped(**enc, use_cache=False).logits.shape[-1] == 5
     # cache-free generation equals cached generation
     a = model.generate(**enc, max_new_tokens=6, use_cache=True)
     b = model.generate(**enc, max_new_tokens=6, use_cache=False)

@@ -87,9 +87,7 @@ class LlavaOV15ForConditionalGenerationHF(LlavaOV15PreTrainedModel, GenerationMi
         super().__init__(config)
         core = LlavaOV15ForConditionalGeneration(config.to_ours())
         self.visual, self.model, self.lm_head = core.visual, core.model, core.lm_head
-        # The project's network shares these very modules; kept out of the module tree so it
-        # adds no second copy of every key to the state dict.
-        object.__setattr__(self, "core", core)
+        self._adopt(core)
         self.post_init()
         gc = self.generation_config
         if gc is not None and gc.eos_token_id is None:  # a directory without generation_config
@@ -102,8 +100,18 @@ class LlavaOV15ForConditionalGenerationHF(LlavaOV15PreTrainedModel, GenerationMi
         with torch.device("meta"):  # no throw-away random init of a second network
             hf = cls(LlavaOV15HFConfig.from_ours(core.config))
         hf.visual, hf.model, hf.lm_head = core.visual, core.model, core.lm_head
-        object.__setattr__(hf, "core", core)
+        hf._adopt(core)
         return hf.eval() if not core.training else hf
+
+    def _adopt(self, core: LlavaOV15ForConditionalGeneration) -> None:
+        """Make `core` run on this model's children, now and after any replacement.
+
+        Both share one child dict, so a module swapped in later (resized embeddings, a PEFT
+        wrapper around lm_head, ...) is what the project's forward uses too. `core` itself stays
+        out of the module tree: no second copy of every key in the state dict.
+        """
+        core.__dict__["_modules"] = self._modules
+        object.__setattr__(self, "core", core)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
