@@ -41,6 +41,7 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
         lse = torch.empty_like(loss)
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
+            logits = None  # free the previous chunk's block first
             logits = (hidden[s:e] @ weight.t()).float()
             m = logits.max(-1).values
             if group is not None:
@@ -71,8 +72,11 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
         for s in range(0, n, ctx.chunk):
             e = min(n, s + ctx.chunk)
             h = hidden[s:e]
-            # softmax - onehot(target), scaled by the incoming per-token gradient
-            g = ((h @ weight.t()).float() - lse[s:e, None]).exp_()
+            # softmax - onehot(target), scaled by the incoming per-token gradient; in place,
+            # so one chunk's [chunk, V/tp] float32 block is the largest thing alive
+            g = (h @ weight.t()).float()
+            g -= lse[s:e, None]
+            g.exp_()
             g[rows[: e - s], local[s:e]] -= in_range[s:e].float()
             g *= grad_loss[s:e, None]
             g = g.to(hidden.dtype)
@@ -80,6 +84,7 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
                 grad_h[s:e] = g @ weight
             if want_w:
                 grad_w += (g.t() @ h).float()
+            del g  # before the next chunk's logits are allocated
         return grad_h, grad_w.to(weight.dtype) if want_w else None, None, None
 
 
