@@ -72,7 +72,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._active = 0
         self._thread: threading.Thread | None = None
-        self.stats = {"batches": 0, "rows": 0, "tokens": 0}
+        self.stats = {"batches": 0, "rows": 0, "tokens": 0, "largest_batch": 0}
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -214,6 +214,7 @@ class Scheduler:
                                eos_token_ids=[])  # end tokens are handled per row in `stream`
         self.stats["batches"] += 1
         self.stats["rows"] += len(batch)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
         try:
             generate(pipe.model, prompts, torch.cat(pvs) if pvs else None,
                      torch.cat(grids) if grids else None, cfg, stream=stream, sampler=sampler)
