@@ -121,6 +121,12 @@ def run_cell(mc, batches, attention, recompute, args, device, peak):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    # the mask path's score buffer lives in megatron's global buffer: start every cell without
+    from megatron.core import parallel_state as ps
+
+    ps.destroy_global_memory_buffer()
+    ps._set_global_memory_buffer()
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
