@@ -131,3 +131,39 @@ def test_tiny_recipe_trains_on_a_pack_with_path_alone(pack_dir, tmp_path):
 
     saved = (tmp_path / "ckpt" / "tokenizer.json").read_bytes()
     assert saved == PackInfo.load(pack_dir).tokenizer_file.read_bytes()
+
+
+def test_hard_mining_on_a_pack_resumes_mid_repeat(pack_dir):
+    """Hard-sample mining over the real loader (unpacked rows, keys `<pack key>#<i>`): a state
+    saved while a hard row is being repeated restores to the same following rows."""
+    from llava_ov15.data.pack_manifest import PackInfo
+    from llava_ov15.train.data import build_source
+    from llava_ov15.train.mining import HardMiningSource
+
+    n = PackInfo.load(pack_dir).samples
+    cfg = load_config(STAGE2, [f"data.path={pack_dir}"])
+    mc = cfg.model_config()
+
+    def miner():
+        return HardMiningSource(build_source(cfg, mc, 0, 1), 0.25, 3.0, seed=1)
+
+    m = miner()
+    for i in range(n):  # epoch 0: losses rise with the draw order
+        row = m.next_row()
+        assert row["epoch"] == 0 and "#" in row["key"]
+        m.record(1, [row["key"]], [float(i)])
+    state = None
+    for _ in range(2 * n):
+        m.next_row()
+        if m.state_dict()["repeat_left"] > 0:
+            state = m.state_dict()
+            break
+    assert state is not None, "no hard row drawn in epoch 1"
+    rest = [m.next_row() for _ in range(4)]
+    again = miner()
+    again.load_state_dict(state)
+    for want in rest:
+        got = again.next_row()
+        assert got["key"] == want["key"]
+        assert torch.equal(got["input_ids"], want["input_ids"])
+        assert torch.equal(got["pixel_values"], want["pixel_values"])
