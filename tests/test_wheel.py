@@ -65,3 +65,13 @@ def test_wheel_installs_into_clean_venv_and_cli_runs(tmp_path, photo_jpeg):
         cwd=tmp_path,
     ).stdout
     assert str(env_dir) in where
+    # Package data outside .py files ships too: the web demo of `llava_ov15.serve --ui`.
+    static = subprocess.run(
+        [py, "-c", "import importlib.resources as r; d = r.files('llava_ov15.serve') / 'static';"
+         " print((d / 'index.html').is_file(), (d / 'app.js').is_file())"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout
+    assert static.split() == ["True", "True"]
