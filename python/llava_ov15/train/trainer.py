@@ -3,6 +3,9 @@
 One process per device (torchrun) or a single process; TP/PP/DP from `parallel_state`, megatron
 DDP (+ distributed optimizer), the megatron pipeline schedules for gradient accumulation over
 micro-batches, clipping, cosine LR with warmup, SIGTERM/Ctrl-C-safe checkpoints and exact resume.
+Data is read on one rank per TP group and shared (`batching`); the recipe extras: the stage-1
+contrastive term (`contrastive`), stage-2 hard-sample mining (`mining`), the per-micro-batch
+image-token cap and the CUDA out-of-memory retry (`step_with_oom_retry`).
 """
 
 from __future__ import annotations
