@@ -271,12 +271,13 @@ def test_client_disconnect_mid_stream_frees_its_slot(server):
     with server.stream("POST", URL, json={**ask("describe the picture", max_tokens=3000),
                                           "stream": True}) as r:
         assert r.status_code == 200
+        # Keep the line iterator referenced: dropping it would close the connection here.
+        lines = r.iter_lines()
         got = []
-        for line in r.iter_lines():
+        while len(got) < 2:
+            line = next(lines)
             if '"content": "' in line and '"content": ""' not in line:
                 got.append(line)
-            if len(got) >= 2:
-                break
         assert sched.active == 1, (got, sched.stats)
     deadline = time.monotonic() + 10
     while sched.active and time.monotonic() < deadline:
