@@ -78,6 +78,9 @@ pub(crate) struct Plan {
     mask: Vec<u64>,
 }
 
+/// Cost of one regroup visit in units of one candidate check (see [`Plan::cost`]).
+const VISIT_COST: f64 = 8.0;
+
 fn binom(n: usize, r: usize) -> f64 {
     (0..r).fold(1.0, |acc, i| acc * (n - i) as f64 / (i + 1) as f64)
 }
@@ -114,7 +117,10 @@ impl Plan {
             }
             visits += binom(d + j + 1, j + 1) * n;
         }
-        visits * 2.0 + checks
+        // A visit (a counting-sort move of a hash and its id, two passes) costs several times a
+        // check (xor + POPCNT): with weight 8, 10M hashes at d = 8 get 11 blocks, measured
+        // 1.6x faster than 12 on random and clustered sets alike (dedupbench, same run).
+        visits * VISIT_COST + checks
     }
 
     pub(crate) fn with_blocks(m: usize, d: usize) -> Plan {
@@ -156,6 +162,8 @@ struct Walker<'p> {
     path: Vec<usize>,
     must_differ: Vec<u64>,
     out: Vec<Pair>,
+    /// Use the POPCNT instruction (see [`scan_popcnt`]).
+    popcnt: bool,
 }
 
 impl Walker<'_> {
@@ -186,63 +194,118 @@ impl Walker<'_> {
     }
 
     fn node(&mut self, h: &[u64], id: &[u32]) {
-        let (m, k) = (self.plan.m, self.plan.k);
         let j = self.path.len();
-        let lo = self.path.last().map_or(0, |&p| p + 1);
-        let hi = m - k + j; // inclusive: element j of a canonical path is at most m - k + j
-        if j == k || brute_here(h.len(), hi + 1 - lo) {
-            self.brute(h, id);
+        let (lo, hi) = self.children(j);
+        if j == self.plan.k || brute_here(h.len(), hi + 1 - lo) {
+            let md = self.must_differ_now();
+            self.scan(h, id, &md);
+            self.must_differ = md;
             return;
         }
+        self.split(h, id);
+    }
+
+    /// Blocks the next path element can take at depth `j`: after the last one, and element j
+    /// of a canonical path is at most `m - k + j`.
+    fn children(&self, j: usize) -> (usize, usize) {
+        let lo = self.path.last().map_or(0, |&p| p + 1);
+        (lo, self.plan.m - self.plan.k + j)
+    }
+
+    /// Regroup the node by each possible next block; brute-force the small child groups here
+    /// (with the child path's `must_differ` computed once for all of them), descend into the
+    /// others.
+    fn split(&mut self, h: &[u64], id: &[u32]) {
+        let j = self.path.len();
+        let (lo, hi) = self.children(j);
         let mut lvl = std::mem::take(&mut self.levels[j]);
         for b in lo..=hi {
             Self::regroup(self.plan, &mut lvl, h, id, b);
             self.path.push(b);
+            let (clo, chi) = self.children(j + 1);
+            let leaf_depth = j + 1 == self.plan.k;
+            let md = self.must_differ_now();
             for g in lvl.counts.windows(2) {
                 let (s, e) = (g[0] as usize, g[1] as usize);
-                if e - s >= 2 {
-                    self.node(&lvl.h[s..e], &lvl.id[s..e]);
+                if e - s < 2 {
+                    continue;
+                }
+                if leaf_depth || brute_here(e - s, chi + 1 - clo) {
+                    self.scan(&lvl.h[s..e], &lvl.id[s..e], &md);
+                } else {
+                    self.split(&lvl.h[s..e], &lvl.id[s..e]);
                 }
             }
+            self.must_differ = md;
             self.path.pop();
         }
         self.levels[j] = lvl;
     }
 
-    /// All pairs of the group within `d` whose canonical path starts with `self.path`.
-    fn brute(&mut self, h: &[u64], id: &[u32]) {
-        let last = self.path.last().copied();
-        // Blocks before the path's last block that are not on the path: a pair owned here
-        // differs on every one of them (else its canonical path would be lexicographically
-        // smaller and it is reported there). The buffer is reused: leaves are many and small.
-        let mut must_differ = std::mem::take(&mut self.must_differ);
-        must_differ.clear();
-        if let Some(last) = last {
+    /// Blocks before the path's last block that are not on the path: a pair owned by a group
+    /// of this path differs on every one of them (else its canonical path would be
+    /// lexicographically smaller and it is reported there). Reuses the walker's buffer.
+    fn must_differ_now(&mut self) -> Vec<u64> {
+        let mut md = std::mem::take(&mut self.must_differ);
+        md.clear();
+        if let Some(&last) = self.path.last() {
             for b in 0..last {
                 if !self.path.contains(&b) {
-                    must_differ.push(self.plan.mask[b] << self.plan.shift[b]);
+                    md.push(self.plan.mask[b] << self.plan.shift[b]);
                 }
             }
         }
-        self.scan(h, id, &must_differ);
-        self.must_differ = must_differ;
+        md
     }
 
     fn scan(&mut self, h: &[u64], id: &[u32], must_differ: &[u64]) {
-        for a in 0..h.len() {
-            for c in a + 1..h.len() {
-                let z = h[a] ^ h[c];
-                let dist = z.count_ones();
-                if dist <= self.d && must_differ.iter().all(|&mk| z & mk != 0) {
-                    let (i, j) = (id[a].min(id[c]), id[a].max(id[c]));
-                    self.out.push(Pair {
-                        i,
-                        j,
-                        distance: dist as u8,
-                    });
-                }
+        #[cfg(target_arch = "x86_64")]
+        if self.popcnt {
+            // SAFETY: the CPU has POPCNT (checked once when the walker was made).
+            unsafe { scan_popcnt(h, id, must_differ, self.d, &mut self.out) };
+            return;
+        }
+        scan_pairs(h, id, must_differ, self.d, &mut self.out);
+    }
+}
+
+/// Every pair of the group within `d` that differs on every `must_differ` block. Inlined into
+/// [`scan_popcnt`], where `count_ones` becomes one instruction instead of a dozen.
+#[inline(always)]
+fn scan_pairs(h: &[u64], id: &[u32], must_differ: &[u64], d: u32, out: &mut Vec<Pair>) {
+    for a in 0..h.len() {
+        let x = h[a];
+        for c in a + 1..h.len() {
+            let z = x ^ h[c];
+            let dist = z.count_ones();
+            if dist <= d && must_differ.iter().all(|&mk| z & mk != 0) {
+                let (i, j) = (id[a].min(id[c]), id[a].max(id[c]));
+                out.push(Pair {
+                    i,
+                    j,
+                    distance: dist as u8,
+                });
             }
         }
+    }
+}
+
+/// [`scan_pairs`] compiled for CPUs with the POPCNT instruction (the default x86-64 target
+/// lacks it; every x86-64 CPU since ~2008 has it, and it is checked at run time).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+unsafe fn scan_popcnt(h: &[u64], id: &[u32], must_differ: &[u64], d: u32, out: &mut Vec<Pair>) {
+    scan_pairs(h, id, must_differ, d, out)
+}
+
+fn has_popcnt() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("popcnt")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -286,6 +349,7 @@ pub(crate) fn search_with(
     cancel: Option<&AtomicBool>,
     tally: Option<Tally<'_>>,
 ) -> Result<Vec<Pair>, SearchError> {
+    let popcnt = has_popcnt();
     let walker = || Walker {
         plan,
         d,
@@ -293,6 +357,7 @@ pub(crate) fn search_with(
         path: Vec::new(),
         must_differ: Vec::new(),
         out: Vec::new(),
+        popcnt,
     };
     let ids: Vec<u32> = (0..unique.len() as u32).collect();
     let children = plan.m - plan.k + 1;
