@@ -246,12 +246,15 @@ def test_bad_input_gets_a_json_4xx_and_the_server_stays_up(server, files):
         assert r.status_code == status, (name, r.text)
         err = r.json()["error"]
         assert set(err) == {"message", "type", "param", "code"}, name
+        if name != "too_many_images" and any(w in name for w in ("image", "url", "path", "root")):
+            assert err["param"].startswith("messages[0].content["), (name, err)
         assert needle in err["message"], (name, err)
         assert "Traceback" not in r.text
     assert server.get("/health").json()["active"] == 0
     assert answer(server, ask("what is this", max_tokens=3))["choices"][0]["message"]["content"]
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_pillow_pixel_limit_is_a_4xx(server, monkeypatch):
     """Between Pillow's limit and twice it Pillow only warns; the server refuses there too."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60 * 40 - 1)
@@ -325,3 +328,14 @@ def test_serve_cli_bad_arguments_are_one_line_errors(tmp_path, files, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err and "\n" not in err, err
+
+
+def test_serve_cli_without_fastapi_names_the_extra(files, monkeypatch, capsys):
+    import sys
+
+    from llava_ov15.serve.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # what a missing package looks like
+    assert main(["--model", str(files["dir"] / "model")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fastapi" in err and "pip install 'llava-ov15[serve]'" in err and "\n" not in err

@@ -87,6 +87,14 @@ def _allowed(path: Path, roots: Sequence[Path], what: str) -> Path:
 
 def load_image_url(url: str, roots: Sequence[Path], what: str = "image_url") -> Image.Image:
     """One `image_url.url` -> image. `roots` must be resolved absolute directories."""
+    try:
+        return _load(url, roots, what)
+    except RequestError as e:
+        e.param = e.param or what  # the OpenAI error names the offending field
+        raise
+
+
+def _load(url: str, roots: Sequence[Path], what: str) -> Image.Image:
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
         return _decode(_from_data_uri(url, what), what)
