@@ -8,11 +8,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +25,7 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the server needs the [serve] extra (fastapi, uvicorn)")
 httpx = pytest.importorskip("httpx", reason="the API tests talk HTTP through httpx")
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["what", "is", "this", "describe", "the", "picture"]
 URL = "/v1/chat/completions"
 
@@ -109,9 +114,7 @@ def scheduler(server):
     return server.app.state.scheduler
 
 
-def test_chat_completion_matches_infer_cli(server, pipe, files, capsys):
-    from llava_ov15 import infer
-
+def test_chat_completion_matches_infer_cli(server, pipe, files):
     body = ask("what is this", data_uri(png(0)))
     out = answer(server, body)
     assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
@@ -119,10 +122,14 @@ def test_chat_completion_matches_infer_cli(server, pipe, files, capsys):
     [choice] = out["choices"]
     assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
     assert choice["finish_reason"] in ("stop", "length")
-    assert infer.main(["--model", str(files["dir"] / "model"), "--image",
-                       str(files["root"] / "good.png"), "--prompt", "what is this",
-                       "--max-new-tokens", "8", "--device", "cpu"]) == 0
-    cli_answer = capsys.readouterr().out.strip()
+    # the reference: the infer CLI, run as a user runs it
+    cli = subprocess.run([sys.executable, "-m", "llava_ov15.infer", "--model",
+                          str(files["dir"] / "model"), "--image", str(files["root"] / "good.png"),
+                          "--prompt", "what is this", "--max-new-tokens", "8", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
+    assert cli.returncode == 0, cli.stderr
+    cli_answer = cli.stdout.strip()
     assert choice["message"]["content"] == cli_answer and cli_answer
     n_prompt = len(pipe.encode([{"role": "user", "content": [
         {"type": "image", "image": Image.open(files["root"] / "good.png")},
@@ -331,8 +338,6 @@ def test_serve_cli_bad_arguments_are_one_line_errors(tmp_path, files, capsys):
 
 
 def test_serve_cli_without_fastapi_names_the_extra(files, monkeypatch, capsys):
-    import sys
-
     from llava_ov15.serve.__main__ import main
 
     monkeypatch.setitem(sys.modules, "fastapi", None)  # what a missing package looks like
