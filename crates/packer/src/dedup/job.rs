@@ -1,5 +1,6 @@
 //! The `llava-pack dedup` job: read hashes → search → clusters and keepers → contamination →
-//! `drop.txt`, `clusters.jsonl`, `contamination.jsonl`, `dedup_stats.json` (all or nothing).
+//! `drop.txt`, `clusters.jsonl`, `contamination.jsonl`, `dedup_stats.json` (all or nothing),
+//! and with `--rewrite` a shard directory without the dropped samples.
 
 use std::collections::BTreeMap;
 use std::io::Write;

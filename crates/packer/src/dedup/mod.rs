@@ -1,8 +1,8 @@
 //! `llava-pack dedup`: near-duplicate removal and decontamination over the perceptual hashes a
-//! build recorded (see `docs/format.md` §12 for the output files).
+//! build recorded (see `docs/format.md` §13 for the output files).
 //!
 //! - [`search`]: exact Hamming range search (every pair within `d`, multi-index hashing).
-//! - [`cluster`]: union-find components and the deterministic keeper rule.
+//! - [`cluster`]: union-find components and the keep rule (`--keep`) within one cluster.
 //! - [`keepers`]: the keeper of each cluster under `--multi-image`, re-picked when dropped.
 //! - [`corpus`]: the hashes of a build output, from its index and per-sample json only.
 //! - [`verify`]: `--verify dhash`, the second hash a candidate pair must also agree on.
