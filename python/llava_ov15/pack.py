@@ -69,6 +69,7 @@ def build(
     fix_placeholders: Literal["off", "prepend"] = "off",
     dedup_text: bool = False,
     text_report: int = 0,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Build WebDataset shards from a JSONL / JSON array (either .zst) / Parquet corpus.
 
@@ -93,15 +94,16 @@ def build(
     or more than ``max_reject_rate`` of the records were rejected (``None``: no limit).
     Otherwise per-sample problems are not raised: they are recorded in ``rejects.jsonl`` and
     counted in ``stats.json``.
+
+    ``ray_address`` (``"auto"``, ``"local"``, ``"ray://host:port"``): run on a Ray cluster
+    (docs/distributed.md) with the same output bytes; the summary then has a ``ray`` entry.
     """
     _non_negative(shard_size=shard_size, samples_per_shard=samples_per_shard, workers=workers,
                   text_report=text_report, max_text_tokens=max_text_tokens or 0,
                   max_repeats=max_repeats or 0)
     check_rate(max_reject_rate)
     inputs = [input] if isinstance(input, str | os.PathLike) else list(input)
-    summary = _native.build(
-        [os.fspath(i) for i in inputs],
-        os.fspath(output),
+    options = dict(
         image_root=os.fspath(image_root) if image_root is not None else None,
         prefix=prefix,
         shard_size=shard_size,
@@ -125,7 +127,13 @@ def build(
         dedup_text=dedup_text,
         text_report=text_report,
     )
-    result = json.loads(summary)
+    paths = [os.fspath(i) for i in inputs]
+    if ray_address is not None:
+        from llava_ov15.distributed.build import build as ray_build
+
+        result = ray_build(paths, os.fspath(output), options, ray_address=ray_address)
+    else:
+        result = json.loads(_native.build(paths, os.fspath(output), **options))
     check_build(result, max_reject_rate)
     return result
 
@@ -178,6 +186,7 @@ def pack(
     caption_format: Literal["pretrain", "chat"] = "pretrain",
     max_reject_rate: float | None = DEFAULT_MAX_REJECT_RATE,
     exclude: str | os.PathLike[str] | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Pack the shards of a `build` output directory into sequences of at most ``max_len``
     tokens (and ``max_image_tokens`` image tokens per pack, if given).
@@ -193,12 +202,28 @@ def pack(
     ``exclude``: a ``drop.txt`` from :func:`dedup` (or any key list); those samples are not
     packed and appear in ``rejects.jsonl`` with the list's reason (category ``excluded``);
     they do not count toward ``max_reject_rate``.
+    ``ray_address``: run on a Ray cluster (``"auto"``, ``"ray://host:port"``, or ``"local"`` for
+    a private one) — the same output bytes; ``workers`` is then the cluster's (see
+    docs/distributed.md). The summary gains ``"ray"`` (object-store bytes, task timings).
     """
     _non_negative(max_len=max_len, packs_per_shard=packs_per_shard, shard_size=shard_size,
                   workers=workers)
     if max_image_tokens is not None and max_image_tokens <= 0:
         raise ValueError(f"max_image_tokens must be positive, got {max_image_tokens}")
     check_rate(max_reject_rate)
+    if ray_address is not None:
+        from llava_ov15.distributed.pack import pack_on_ray
+
+        result = pack_on_ray(
+            os.fspath(input), os.fspath(output), os.fspath(tokenizer), ray_address=ray_address,
+            progress=progress, max_len=max_len, max_image_tokens=max_image_tokens,
+            min_pixels=min_pixels, max_pixels=max_pixels, prefix=prefix,
+            packs_per_shard=packs_per_shard, shard_size=shard_size, resume=resume,
+            overwrite=overwrite, caption_format=caption_format,
+            exclude=os.fspath(exclude) if exclude is not None else None,
+        )
+        check_pack(_without_excluded(result), max_reject_rate)
+        return result
     summary = _native.pack(
         os.fspath(input), os.fspath(output), os.fspath(tokenizer), max_len=max_len,
         max_image_tokens=max_image_tokens, min_pixels=min_pixels, max_pixels=max_pixels,

@@ -108,6 +108,11 @@ impl PackJob {
         .map_err(crate::to_py_err)
     }
 
+    /// Samples in all scanned source shards (0 before `plan`).
+    fn source_samples(&self) -> usize {
+        self.job.source_samples()
+    }
+
     fn resumed(&self) -> u64 {
         self.job.resumed()
     }

@@ -327,6 +327,10 @@ def _pack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto")
     p.add_argument("--exclude", help="drop.txt from `llava-pack dedup` (or a list of keys): "
                    "those samples are not packed and are reported as rejects with its reason")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run on a Ray cluster, same output: auto (the cluster of this machine), "
+                   "ray://host:port, host:port, or local (a private Ray on this machine); "
+                   "needs pip install 'llava-ov15[ray]' (see docs/distributed.md)")
     _reject_rate_arg(p, "the source samples")
     p.set_defaults(func=_run_pack)
 
@@ -340,7 +344,7 @@ def _run_pack(args: argparse.Namespace) -> int:
             shard_size=args.shard_size, workers=args.workers, resume=args.resume,
             overwrite=args.overwrite, progress=args.progress,
             caption_format=args.caption_format, max_reject_rate=args.max_reject_rate,
-            exclude=args.exclude,
+            exclude=args.exclude, ray_address=args.ray,
         )
     except pack.RejectsError as e:
         _print_pack_summary(e.summary)

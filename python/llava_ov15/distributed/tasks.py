@@ -208,6 +208,7 @@ def run_tasks(
     bar = Progress(progress, phase, n)
     started = time.monotonic()
     pending: dict[Any, int] = {}
+    arg_size: dict[int, int] = {}  # of tasks in flight: args may be made on demand
     ready: dict[int, Any] = {}
     next_submit = next_commit = 0
 
@@ -221,7 +222,8 @@ def run_tasks(
         while next_commit < n:
             while next_submit < n and len(pending) + len(ready) < max_in_flight:
                 a = tuple(args[next_submit])
-                acc.arg_bytes += _size(a)
+                arg_size[next_submit] = _size(a)
+                acc.arg_bytes += arg_size[next_submit]
                 ref = remote.remote(fn, common_ref if common_ref is not None else (), a, pause)
                 pending[ref] = next_submit
                 next_submit += 1
@@ -240,7 +242,7 @@ def run_tasks(
                 _, value, node, pid, seconds = out
                 size = _size(value)
                 acc.result_bytes += size
-                acc.timings.append(TaskTiming(phase, i, node, pid, seconds, _size(args[i]),
+                acc.timings.append(TaskTiming(phase, i, node, pid, seconds, arg_size.pop(i),
                                               size))
                 bar.update()
                 if ordered:

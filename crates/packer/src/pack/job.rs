@@ -278,6 +278,11 @@ impl PackJob {
         summary_from_disk(&self.opts, self.started)
     }
 
+    /// Samples in all scanned source shards (0 before [`Self::plan`]).
+    pub fn source_samples(&self) -> usize {
+        self.scans.iter().map(|s| s.samples.len()).sum()
+    }
+
     /// The scan of source shard `k` (after [`Self::plan`]).
     pub fn scan(&self, k: usize) -> &ShardScan {
         &self.scans[k]
@@ -530,7 +535,7 @@ pub fn pack(opts: &PackOptions, cancel: &AtomicBool) -> Result<PackSummary> {
     copy?;
     let t_copy = t1.elapsed().as_secs_f64() - t_scan - t_pack;
 
-    let n = job.scans.iter().map(|s| s.samples.len()).sum::<usize>();
+    let n = job.source_samples();
     let timings = json!({"scan_seconds": t_scan, "pack_seconds": t_pack, "copy_seconds": t_copy,
         "samples_per_second_scan": n as f64 / t_scan.max(1e-9), "workers": workers});
     let infos = job
