@@ -34,10 +34,13 @@ def build(
     fix_placeholders: str = "off",
     dedup_text: bool = False,
     text_report: int = 0,
+    ray_phase: str | None = None,
 ) -> str:
     """Run a build over ``inputs`` (files or globs, read in order); returns the summary as
     JSON. ``dedup``: exact (= sample, the whole sample), image or off. ``text_*``: text
-    cleaning (docs/format.md, "Text cleaning")."""
+    cleaning (docs/format.md, "Text cleaning"). ``ray_phase``: run one phase of the
+    distributed build instead (JSON ``{"phase": prepare|scan|plan|write|commit, …}``; see
+    ``llava_ov15.distributed.build``) and return its JSON answer."""
 
 def clean_captions(
     texts: list[str],

@@ -26,7 +26,7 @@ fn parse_phash(s: &str) -> PyResult<PhashMode> {
     dedup="exact", max_pixels=None, max_image_pixels=None, max_file_bytes=None,
     resume=false, overwrite=false, progress="auto", text_clean="default", text_rules=Vec::new(),
     max_text_tokens=None, max_repeats=None, boilerplate=None, fix_placeholders="off",
-    dedup_text=false, text_report=0))]
+    dedup_text=false, text_report=0, ray_phase=None))]
 #[allow(clippy::too_many_arguments)]
 fn build(
     py: Python<'_>,
@@ -54,6 +54,7 @@ fn build(
     fix_placeholders: &str,
     dedup_text: bool,
     text_report: usize,
+    ray_phase: Option<String>,
 ) -> PyResult<String> {
     let mut o = BuildOptions::new(String::new(), output);
     o.inputs = inputs;
@@ -86,6 +87,9 @@ fn build(
         report: text_report,
     };
     o.validate().map_err(crate::to_py_err)?;
+    if let Some(phase) = ray_phase {
+        return crate::ray_build::run(py, o, &phase);
+    }
 
     let summary = crate::run_cancellable(py, "llava-pack-build", move |cancel| {
         packer::build(&o, cancel)

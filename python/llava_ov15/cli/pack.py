@@ -153,6 +153,11 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
         help="bar on a terminal, periodic log lines otherwise (auto)",
     )
     _reject_rate_arg(p, "the records")
+    p.add_argument(
+        "--ray", metavar="ADDRESS",
+        help="run on a Ray cluster with the same output: auto (the cluster of `ray start`), "
+        "ray://host:port, or local (a private Ray on this machine); see docs/distributed.md",
+    )
     _text_args(p)
     p.set_defaults(func=_run_build)
 
@@ -253,6 +258,7 @@ def _build(args: argparse.Namespace) -> dict:
         fix_placeholders=args.fix_placeholders,
         dedup_text=args.dedup_text,
         text_report=args.text_report,
+        ray_address=args.ray,
     )
 
 

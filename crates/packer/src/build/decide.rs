@@ -194,6 +194,12 @@ pub fn splice(body: &[u8], source: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The `source` object of a sample's JSON.
+pub fn source_json(file: &str, line: u64, key: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"file": file, "line": line, "key": key}))
+        .expect("JSON values always serialise")
+}
+
 fn spliced_len(body_len: u64, source: &[u8]) -> u64 {
     body_len + SOURCE_SEP.len() as u64 + source.len() as u64
 }
@@ -295,9 +301,7 @@ impl Decider {
             }
         }
         let key = self.assign_key(p, meta.id.as_deref());
-        let source =
-            serde_json::to_vec(&json!({"file": self.files[p.file], "line": p.line, "key": key}))
-                .expect("JSON values always serialise");
+        let source = source_json(&self.files[p.file], p.line, &key);
         let json_len = spliced_len(meta.body_len, &source) as usize;
         let members = meta.images.iter().map(|i| i.bytes as usize);
         let size = shard::tar_sample_size(members.chain([json_len]));

@@ -10,6 +10,7 @@ mod dedup;
 mod options;
 mod process;
 pub(crate) mod progress;
+mod ray;
 pub(crate) mod state;
 mod writer;
 
@@ -23,6 +24,7 @@ use serde_json::json;
 
 pub(crate) use options::{check_prefix, resolve_workers};
 pub use options::{BuildOptions, DedupMode, Progress};
+pub use ray::{run_phase as run_ray_phase, PARTITION_BYTES};
 pub use state::Stats;
 
 use crate::error::{PackError, Result};
@@ -82,7 +84,7 @@ pub fn build(opts: &BuildOptions, cancel: &AtomicBool) -> Result<BuildSummary> {
         })
         .collect();
     let fingerprint = opts.fingerprint(&file_sizes);
-    let ckpt = prepare_output(opts, &fingerprint)?;
+    let ckpt = prepare_output(opts, &fingerprint, false)?;
     let resumed_from = ckpt.next_index;
     if ckpt.complete {
         log(
@@ -260,7 +262,13 @@ fn summary(
 }
 
 /// Create or validate the output directory and return the checkpoint to continue from.
-fn prepare_output(opts: &BuildOptions, fingerprint: &serde_json::Value) -> Result<Checkpoint> {
+/// `distributed`: a resumed job keeps its shard files (the distributed build knows which
+/// are complete; the local one removes those its checkpoint does not commit).
+fn prepare_output(
+    opts: &BuildOptions,
+    fingerprint: &serde_json::Value,
+    distributed: bool,
+) -> Result<Checkpoint> {
     let out = &opts.output;
     let paths = StatePaths::new(out);
     let oerr = |p: &Path, e: std::io::Error| PackError::output(p, e);
@@ -293,7 +301,7 @@ fn prepare_output(opts: &BuildOptions, fingerprint: &serde_json::Value) -> Resul
                 .map_err(|e| PackError::Resume(format!("corrupt checkpoint: {e}")))?,
             Err(_) => Checkpoint::empty(),
         };
-        if !ckpt.complete {
+        if !ckpt.complete && !distributed {
             remove_uncommitted(out, &opts.prefix, &ckpt)?;
         }
         return Ok(ckpt);
@@ -451,14 +459,14 @@ mod tests {
         let mut opts = BuildOptions::new("a.jsonl", &out);
         opts.resume = true;
         let fp = serde_json::json!({"k": 1});
-        prepare_output(&opts, &fp).unwrap();
+        prepare_output(&opts, &fp, false).unwrap();
         assert!(StatePaths::new(&out).job.exists());
         // Anything else in the folder is still someone else's.
         let other = tmp.path().join("other");
         std::fs::create_dir_all(StatePaths::new(&other).dir).unwrap();
         std::fs::write(other.join("notes.txt"), b"x").unwrap();
         let opts = BuildOptions::new("a.jsonl", &other);
-        assert!(prepare_output(&opts, &fp).is_err());
+        assert!(prepare_output(&opts, &fp, false).is_err());
     }
 
     #[test]

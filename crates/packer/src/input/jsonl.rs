@@ -84,6 +84,9 @@ pub(super) struct JsonlReader {
     line_no: u64,
     done: bool,
     max_line: usize,
+    /// Lines starting at or past this many bytes are not this reader's (a byte range of the
+    /// file, see [`JsonlReader::open_range`]); `u64::MAX` for the whole file.
+    limit: u64,
 }
 
 impl JsonlReader {
@@ -108,7 +111,50 @@ impl JsonlReader {
             line_no: 0,
             done: false,
             max_line,
+            limit: u64::MAX,
         }
+    }
+
+    /// The lines of a plain file that start in bytes `[start, end)`: the first is the one
+    /// after the first newline at or past `start - 1`. Ranges that tile a file read each
+    /// line exactly once; line numbers count from 1 in the range.
+    pub(super) fn open_range(path: &Path, start: u64, end: u64) -> Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        let err = |e: io::Error| PackError::input(path, e);
+        let mut file = File::open(path).map_err(err)?;
+        let mut first = 0;
+        if start > 0 {
+            file.seek(SeekFrom::Start(start - 1)).map_err(err)?;
+            let mut r = BufReader::with_capacity(1 << 16, file);
+            first = start - 1;
+            loop {
+                let buf = r.fill_buf().map_err(err)?;
+                if buf.is_empty() {
+                    break;
+                }
+                match memchr::memchr(b'\n', buf) {
+                    Some(i) => {
+                        first += i as u64 + 1;
+                        break;
+                    }
+                    None => {
+                        let n = buf.len();
+                        first += n as u64;
+                        r.consume(n);
+                    }
+                }
+            }
+            file = r.into_inner();
+            file.seek(SeekFrom::Start(first)).map_err(err)?;
+        }
+        let raw = Arc::new(AtomicU64::new(0));
+        let inner = Box::new(Counting {
+            inner: file,
+            count: raw.clone(),
+        });
+        let mut r = Self::from_reader(path, inner, raw.clone(), raw, MAX_LINE);
+        r.limit = end.saturating_sub(first);
+        Ok(r)
     }
 
     /// File bytes behind the records handed out (or skipped) so far, for progress. Not the
@@ -145,7 +191,7 @@ impl JsonlReader {
     /// Next non-blank line as `(1-based line number, payload)`.
     pub(super) fn next_line(&mut self) -> Option<Result<(u64, Payload)>> {
         loop {
-            if self.done {
+            if self.done || self.taken >= self.limit {
                 return None;
             }
             let max = self.max_line;

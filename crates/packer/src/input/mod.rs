@@ -25,11 +25,13 @@
 mod json_array;
 mod jsonl;
 mod parquet;
+mod partition;
 mod sample;
 
 pub use json_array::{MAX_ELEMENT, TOO_LONG_ELEMENT};
 pub use jsonl::{MAX_LINE, TOO_LONG};
 pub use parquet::BATCH_SIZE;
+pub use partition::{partitions, PartReader, Partition, Unit};
 pub use sample::IMAGE_PLACEHOLDER;
 
 use std::path::{Path, PathBuf};
@@ -130,6 +132,22 @@ pub fn open(input: &str, image_root: Option<&Path>) -> Result<Box<dyn RecordSour
 
 /// Open several `--input`s (files or globs), read one after another in the given order.
 pub fn open_all(inputs: &[String], image_root: Option<&Path>) -> Result<Box<dyn RecordSource>> {
+    let (files, sizes, kinds) = resolve(inputs)?;
+    Ok(Box::new(MultiSource {
+        files,
+        sizes,
+        kinds,
+        image_root: image_root.map(Path::to_path_buf),
+        current: None,
+        next_file: 0,
+        done_bytes: 0,
+        done_lines: 0,
+        next_index: 0,
+    }))
+}
+
+/// The input files named by `inputs`, in reading order, with their sizes and kinds.
+fn resolve(inputs: &[String]) -> Result<(Vec<PathBuf>, Vec<u64>, Vec<FileKind>)> {
     if inputs.is_empty() {
         return Err(PackError::input("", "no input given"));
     }
@@ -171,17 +189,7 @@ pub fn open_all(inputs: &[String], image_root: Option<&Path>) -> Result<Box<dyn 
         }
         kinds.push(kind);
     }
-    Ok(Box::new(MultiSource {
-        files,
-        sizes,
-        kinds,
-        image_root: image_root.map(Path::to_path_buf),
-        current: None,
-        next_file: 0,
-        done_bytes: 0,
-        done_lines: 0,
-        next_index: 0,
-    }))
+    Ok((files, sizes, kinds))
 }
 
 /// Whether a JSON file is one array (first non-blank byte `[`, after a BOM) rather than
@@ -340,6 +348,23 @@ enum FileReader {
 }
 
 impl FileReader {
+    fn open(path: &Path, kind: FileKind, image_root: Option<&Path>) -> Result<Self> {
+        match kind {
+            FileKind::Jsonl => jsonl::JsonlReader::open(path, false).map(FileReader::Jsonl),
+            FileKind::JsonlZstd => jsonl::JsonlReader::open(path, true).map(FileReader::Jsonl),
+            FileKind::JsonArray => {
+                json_array::JsonArrayReader::open(path, false).map(FileReader::JsonArray)
+            }
+            FileKind::JsonArrayZstd => {
+                json_array::JsonArrayReader::open(path, true).map(FileReader::JsonArray)
+            }
+            FileKind::Parquet => {
+                let root = image_root_for(path, image_root);
+                parquet::ParquetReader::open(path, root).map(FileReader::Parquet)
+            }
+        }
+    }
+
     /// Next record as `(line, offset, payload)` (see [`Record`]).
     fn next(&mut self) -> Option<Result<(u64, Option<u64>, Payload)>> {
         match self {
@@ -397,20 +422,7 @@ impl MultiSource {
             let i = self.next_file;
             let path = self.files.get(i)?;
             self.next_file += 1;
-            let opened = match self.kinds[i] {
-                FileKind::Jsonl => jsonl::JsonlReader::open(path, false).map(FileReader::Jsonl),
-                FileKind::JsonlZstd => jsonl::JsonlReader::open(path, true).map(FileReader::Jsonl),
-                FileKind::JsonArray => {
-                    json_array::JsonArrayReader::open(path, false).map(FileReader::JsonArray)
-                }
-                FileKind::JsonArrayZstd => {
-                    json_array::JsonArrayReader::open(path, true).map(FileReader::JsonArray)
-                }
-                FileKind::Parquet => {
-                    let root = image_root_for(path, self.image_root.as_deref());
-                    parquet::ParquetReader::open(path, root).map(FileReader::Parquet)
-                }
-            };
+            let opened = FileReader::open(path, self.kinds[i], self.image_root.as_deref());
             match opened {
                 Ok(reader) => self.current = Some((i, reader)),
                 Err(e) => {

@@ -91,6 +91,11 @@ impl ParquetReader {
         (self.file_size as u128 * self.pos as u128 / self.total_rows as u128) as u64
     }
 
+    /// Rows in the file.
+    pub(super) fn total_rows(&self) -> u64 {
+        self.total_rows
+    }
+
     /// Rows delivered or skipped so far (every row is a record: none is blank).
     pub(super) fn rows_read(&self) -> u64 {
         self.pos

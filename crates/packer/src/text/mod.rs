@@ -90,6 +90,11 @@ pub(crate) fn name_of(bit: u32) -> &'static str {
     }
 }
 
+/// The static name of a normalisation or rule from its text (scan metadata read back).
+pub(crate) fn static_name(s: &str) -> Option<&'static str> {
+    (0..=TOO_LONG_BIT).map(name_of).find(|n| *n == s)
+}
+
 /// Largest `--text-report`: examples are kept in the checkpoint until the job ends.
 pub const MAX_REPORT: usize = 1000;
 
