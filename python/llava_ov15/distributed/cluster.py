@@ -65,7 +65,7 @@ def build_id() -> str:
 
 
 _RAY_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
-            "RAY_USAGE_STATS_ENABLED")
+            "RAY_USAGE_STATS_ENABLED", "RAY_TMPDIR")
 
 
 def _refresh_ray_auth() -> None:
@@ -85,8 +85,9 @@ def _refresh_ray_auth() -> None:
 def private_ray_env() -> Iterator[str]:
     """Environment for a Ray cluster private to this process; yields its temp dir.
 
-    Sets a per-run auth token (``RAY_AUTH_TOKEN``, never written to ``~/.ray``), disables usage
-    reporting and hides ``RAY_ADDRESS``; everything is restored and the temp dir removed on
+    Sets a per-run auth token (``RAY_AUTH_TOKEN``, never written to ``~/.ray``), points Ray's
+    temp root there (``RAY_TMPDIR``: nothing in ``/tmp/ray``), disables usage reporting and
+    hides ``RAY_ADDRESS``; everything is restored and the temp dir removed on
     exit. Start the cluster (``ray.init(_temp_dir=…)`` or ``ray.cluster_utils.Cluster``)
     inside it and stop it before leaving.
     """
@@ -97,6 +98,9 @@ def private_ray_env() -> Iterator[str]:
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Ray's default temp root (e.g. /tmp/ray/ray_current_cluster of a test Cluster).
+        os.environ["RAY_TMPDIR"] = tmp
+        os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         os.environ.pop("RAY_ADDRESS", None)
         _refresh_ray_auth()
@@ -125,6 +129,8 @@ class Cluster:
     address: str
     local: bool
     nodes: list[NodeInfo] = field(default_factory=list)
+    # The private temp dir of a "local" cluster (removed when the context exits).
+    temp_dir: str | None = None
 
     @property
     def cpus(self) -> int:
@@ -250,7 +256,7 @@ def connect(address: str, *, num_cpus: int | None = None) -> Iterator[Cluster]:
             except Exception as e:
                 raise DistributedError(f"cannot start a local Ray: {_one_line(e)}") from None
             try:
-                c = Cluster(address="local", local=True)
+                c = Cluster(address="local", local=True, temp_dir=tmp)
                 c.refresh()
                 yield c
             finally:

@@ -233,10 +233,11 @@ def run_tasks(
                 try:
                     out = ray.get(ref)
                 except ray.exceptions.RayError as e:
-                    raise DistributedError(
-                        f"{phase} task {i} failed after {max_retries} retries: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-                    ) from None
+                    # The last line names the cause (worker died, import error on the node, …).
+                    lines = [x for x in str(e).strip().splitlines() if x.strip()]
+                    why = lines[-1].strip() if lines else type(e).__name__
+                    raise DistributedError(f"{phase} task {i} failed (retried up to "
+                                           f"{max_retries} times): {why}") from None
                 if out[0] == "error":
                     _reraise(*out[1:])
                 _, value, node, pid, seconds = out
