@@ -220,14 +220,16 @@ struct ScanRecord {
     t: Option<TextWire>,
 }
 
+/// A text report example: (step, field, before, after, reason).
+type ExampleWire = (String, String, String, Option<String>, Option<String>);
+
 /// [`TextLog`] as scan metadata (its names are the text module's static names).
 #[derive(Serialize, Deserialize)]
 struct TextWire {
     changed: u32,
     rejected: Option<String>,
     id: Option<String>,
-    /// (step, field, before, after, reason)
-    examples: Vec<(String, String, String, Option<String>, Option<String>)>,
+    examples: Vec<ExampleWire>,
     limit: usize,
 }
 
