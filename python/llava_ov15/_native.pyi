@@ -210,3 +210,59 @@ def dedup(
 def phash_images(images: list[bytes], mode: str = "fast") -> tuple[object, list[str | None]]:
     """The build's phash of each encoded image (uint64 array) and per image None or why it
     could not be hashed (hash 0)."""
+
+# --- pack on Ray (crates/bindings/src/ray_pack.rs; orchestrated by llava_ov15.distributed.pack)
+
+class PackJob:
+    """The driver's side of a pack job: open → plan → mark_copied → finish."""
+
+    def __init__(
+        self,
+        input: str,
+        output: str,
+        tokenizer: str,
+        *,
+        max_len: int = 8192,
+        max_image_tokens: int | None = None,
+        min_pixels: int = 3136,
+        max_pixels: int = 2560000,
+        prefix: str = "pack",
+        packs_per_shard: int = 1000,
+        shard_size: int = 1 << 30,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: str = "auto",
+        caption_format: str = "pretrain",
+        exclude: str | None = None,
+    ) -> None: ...
+    def is_complete(self) -> bool: ...
+    def sources(self) -> list[str]: ...
+    def scan_options(self) -> tuple[str, str, int, int, str]:
+        """(tokenizer path, its sha256, min_pixels, max_pixels, caption_format)."""
+    def plan(self, scans: list[bytes]) -> list[int]:
+        """Decide packing and layout from every source's scan; indices still to copy."""
+    def source_samples(self) -> int: ...
+    def resumed(self) -> int: ...
+    def copy_work(self, k: int) -> bytes: ...
+    def mark_copied(self, k: int) -> None: ...
+    def out_shards(self) -> list[tuple[str, bytes, int]]:
+        """(name, .tar.idx offsets as u64 LE bytes, size) per output shard."""
+    def finish(self, sha256s: list[str], timings: str) -> str:
+        """Write the final artifacts; the summary as JSON."""
+    def summary(self) -> str: ...
+
+def pack_scan_shard(
+    path: str,
+    tokenizer: str,
+    tokenizer_sha256: str,
+    min_pixels: int,
+    max_pixels: int,
+    caption_format: str,
+) -> bytes:
+    """Pass 1 of one source shard: compact metadata for PackJob.plan."""
+
+def pack_copy(work: bytes) -> int:
+    """Pass 2 of one source shard (PackJob.copy_work): samples copied."""
+
+def pack_finalize_shard(output: str, name: str, offsets: bytes, bytes: int) -> str:
+    """fsync, .tar.idx, rename, sha256 of one output shard."""
