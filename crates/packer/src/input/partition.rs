@@ -168,3 +168,47 @@ impl PartReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::Payload;
+
+    /// (line in the file, payload text) of every record, through partitions of `target` bytes.
+    fn read_all(path: &Path, target: u64) -> (Vec<(u64, String)>, u64) {
+        let (files, parts) = partitions(&[path.display().to_string()], target).unwrap();
+        let (mut out, mut lines) = (Vec::new(), 0);
+        for p in &parts {
+            let mut r = PartReader::open(&files, p, None).unwrap();
+            while let Some(rec) = r.next_record() {
+                let rec = rec.unwrap();
+                let text = match rec.payload {
+                    Payload::Json(b) => String::from_utf8(b).unwrap(),
+                    other => format!("{other:?}"),
+                };
+                out.push((lines + rec.line, text));
+            }
+            lines += r.lines();
+        }
+        (out, lines)
+    }
+
+    #[test]
+    fn byte_ranges_read_every_line_once_with_its_file_line_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let body = "{\"a\":1}\n\n{\"bb\":22}\r\n  \n{\"c\":3}\n{\"dddd\":4444}\n{\"e\":5}";
+        std::fs::write(&path, body).unwrap();
+        let (whole, lines) = read_all(&path, 1 << 20);
+        assert_eq!(whole.len(), 5);
+        assert_eq!(whole[1], (3, "{\"bb\":22}".to_string()));
+        assert_eq!(lines, 7);
+        for target in 1..=body.len() as u64 + 1 {
+            assert_eq!(
+                read_all(&path, target),
+                (whole.clone(), lines),
+                "target {target}"
+            );
+        }
+    }
+}
