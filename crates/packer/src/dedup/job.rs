@@ -3,8 +3,7 @@
 //! and with `--rewrite` a shard directory without the dropped samples.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -14,6 +13,7 @@ use serde_json::{json, Value};
 use super::cluster::{KeepRule, UnionFind};
 use super::corpus::Corpus;
 use super::keepers;
+use super::outputs::{Outputs, CLUSTERS, CONTAMINATION, DROP, STATS};
 use super::progress::Meter;
 use super::rewrite::{self, RewriteSummary};
 use super::search::{search_distinct_tallied, Distinct, SearchError, MAX_DISTANCE};
@@ -515,87 +515,4 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         summary.seconds
     ));
     Ok(summary)
-}
-
-const DROP: usize = 0;
-const CLUSTERS: usize = 1;
-const CONTAMINATION: usize = 2;
-const STATS: usize = 3;
-const OUTPUT_FILES: [&str; 4] = [
-    "drop.txt",
-    "clusters.jsonl",
-    "contamination.jsonl",
-    "dedup_stats.json",
-];
-
-/// The output files, written as `{name}.tmp` and renamed together by [`Outputs::commit`]: a
-/// failure before that leaves no new output file (the temp files are removed on drop), and no
-/// reader ever sees a partial one.
-struct Outputs {
-    dir: PathBuf,
-    files: Vec<std::io::BufWriter<std::fs::File>>,
-    committed: bool,
-}
-
-impl Outputs {
-    fn tmp(dir: &Path, name: &str) -> PathBuf {
-        dir.join(format!("{name}.tmp"))
-    }
-
-    fn create(dir: &Path) -> Result<Outputs> {
-        std::fs::create_dir_all(dir).map_err(|e| PackError::output(dir, e))?;
-        let mut outs = Outputs {
-            dir: dir.to_path_buf(),
-            files: Vec::new(),
-            committed: false,
-        };
-        for name in OUTPUT_FILES {
-            let p = Self::tmp(dir, name);
-            let f = std::fs::File::create(&p).map_err(|e| PackError::output(&p, e))?;
-            outs.files
-                .push(std::io::BufWriter::with_capacity(1 << 20, f));
-        }
-        Ok(outs)
-    }
-
-    fn err(&self, i: usize, e: std::io::Error) -> PackError {
-        PackError::output(Self::tmp(&self.dir, OUTPUT_FILES[i]), e)
-    }
-
-    fn line(&mut self, i: usize, text: std::fmt::Arguments<'_>) -> Result<()> {
-        writeln!(self.files[i], "{text}").map_err(|e| self.err(i, e))
-    }
-
-    fn jsonl(&mut self, i: usize, row: &Value) -> Result<()> {
-        serde_json::to_writer(&mut self.files[i], row)
-            .map_err(std::io::Error::from)
-            .and_then(|()| self.files[i].write_all(b"\n"))
-            .map_err(|e| self.err(i, e))
-    }
-
-    fn commit(mut self) -> Result<()> {
-        for i in 0..OUTPUT_FILES.len() {
-            let res = self.files[i]
-                .flush()
-                .and_then(|()| self.files[i].get_ref().sync_all());
-            res.map_err(|e| self.err(i, e))?;
-        }
-        for name in OUTPUT_FILES {
-            let to = self.dir.join(name);
-            std::fs::rename(Self::tmp(&self.dir, name), &to)
-                .map_err(|e| PackError::output(&to, e))?;
-        }
-        self.committed = true;
-        crate::shard::sync_dir(&self.dir).map_err(|e| PackError::output(&self.dir, e))
-    }
-}
-
-impl Drop for Outputs {
-    fn drop(&mut self) {
-        if !self.committed {
-            for name in OUTPUT_FILES {
-                let _ = std::fs::remove_file(Self::tmp(&self.dir, name));
-            }
-        }
-    }
 }

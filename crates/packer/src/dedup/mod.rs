@@ -15,6 +15,7 @@ pub mod corpus;
 pub mod exclude;
 pub mod job;
 pub mod keepers;
+mod outputs;
 mod progress;
 pub mod rewrite;
 pub mod search;
