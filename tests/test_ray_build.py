@@ -171,7 +171,7 @@ def _when(cond, action, timeout: float = 60.0) -> threading.Thread:
 def test_a_worker_killed_mid_task_changes_nothing(cluster, corpus, reference, tmp_path,
                                                   monkeypatch):
     # Write tasks pause after their work: a worker is killed for real while one does.
-    monkeypatch.setenv(FAULT_PAUSE_ENV, "build-write=1.5")
+    monkeypatch.setenv(FAULT_PAUSE_ENV, "build-write=0.8")
     out = tmp_path / "out"
     done = out / ".llava-pack" / "ray" / "done"
     killed: list[int] = []
