@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from conftest import jpeg_bytes, png_bytes  # noqa: E402
+from conftest import jpeg_bytes, png_bytes, run_cli  # noqa: E402
 from llava_ov15 import pack  # noqa: E402
 from llava_ov15.distributed import build as ray_build  # noqa: E402
 from llava_ov15.distributed import connect  # noqa: E402
@@ -139,6 +139,11 @@ def test_pack_build_and_the_cli_take_a_ray_address(cluster, corpus, reference, t
                    **OPTIONS)
     assert s["ray"]["written"] == s["shards"]
     _assert_same(tmp_path / "out", reference)
+    # The command line starts (and stops) its own private Ray in its process.
+    args = [a for f in corpus for a in ("--input", f)]
+    args += ["--samples-per-shard", "4", "--progress", "log", "--max-reject-rate", "1"]
+    run_cli("build", *args, "--output", str(tmp_path / "cli"), "--ray", "local")
+    _assert_same(tmp_path / "cli", reference)
 
 
 def _worker_pids(phase: str) -> list[int]:
