@@ -24,7 +24,9 @@ from llava_ov15.distributed import build as ray_build  # noqa: E402
 from llava_ov15.distributed import connect  # noqa: E402
 from llava_ov15.distributed.tasks import FAULT_PAUSE_ENV  # noqa: E402
 
-OPTIONS = {"samples_per_shard": 4, "progress": "quiet", "workers": 1}
+# Text cleaning with a report and caption dedup: their per-record logs travel as metadata.
+OPTIONS = {"samples_per_shard": 4, "progress": "quiet", "workers": 1, "text_report": 3,
+           "dedup_text": True}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,8 @@ def corpus(tmp_path_factory) -> list[str]:
         out = []
         for i in range(n):
             r = rng.random()
-            rec: dict = {"image": rng.choice(names), "caption": f"{tag} picture {i % 9}"}
+            messy = " &amp;  " if i % 4 == 0 else " "  # html entity + whitespace: cleaned
+            rec: dict = {"image": rng.choice(names), "caption": f"{tag}{messy}picture {i % 9}"}
             if r < 0.5:
                 rec["id"] = f"{tag}-{i % 7}"  # repeats: key fallback
             if r > 0.92:
@@ -128,6 +131,8 @@ def test_every_output_file_equals_the_local_build(cluster, corpus, reference, tm
     assert s["ray"]["partitions"] > 8 and s["ray"]["shards"] == s["shards"] >= 8
     assert s["stats"]["rejects_by_reason"]["duplicate"] >= 2
     assert s["stats"]["blank_lines"] > 0
+    assert s["stats"]["text"]["samples_changed"] > 0 and (tmp_path / "out" / "text_report.jsonl"
+                                                          ).stat().st_size > 0
     assert {"build-scan", "build-write"} <= set(s["ray"]["phases"])
     # One partition per file is the same output again.
     _ray(corpus, tmp_path / "big", partition_bytes=1 << 30)
@@ -141,7 +146,8 @@ def test_pack_build_and_the_cli_take_a_ray_address(cluster, corpus, reference, t
     _assert_same(tmp_path / "out", reference)
     # The command line starts (and stops) its own private Ray in its process.
     args = [a for f in corpus for a in ("--input", f)]
-    args += ["--samples-per-shard", "4", "--progress", "log", "--max-reject-rate", "1"]
+    args += ["--samples-per-shard", "4", "--progress", "log", "--max-reject-rate", "1",
+             "--text-report", "3", "--dedup-text"]
     run_cli("build", *args, "--output", str(tmp_path / "cli"), "--ray", "local")
     _assert_same(tmp_path / "cli", reference)
 
