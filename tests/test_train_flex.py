@@ -195,6 +195,33 @@ def _train(tmp: Path, *sets: str) -> list[dict]:
     return [json.loads(x) for x in (tmp / "metrics.jsonl").read_text().splitlines()]
 
 
+_PROBE = """
+import json, sys
+from llava_ov15.train import trainer
+from llava_ov15.train.config import load_config
+cfg = load_config(sys.argv[1], sys.argv[2:])
+model, raw, mc, tcfg = trainer.build_model(cfg, trainer.init_runtime(cfg))
+attn = raw.language.decoder.layers[0].self_attention
+print("PROBE " + json.dumps({"core": type(attn.core_attention).__name__,
+      "llm_core_checkpointed": attn.checkpoint_core_attention,
+      "vision": raw.vision.attention, "vision_core": raw.vision.blocks[0].attn.checkpoint_core,
+      "vision_full": raw.vision.gradient_checkpointing, "chunk": raw.loss_chunk_tokens}))
+"""
+
+
+def test_trainer_builds_what_the_config_names():
+    pytest.importorskip("megatron.core")
+    cfg = str(ROOT / "configs/tiny/stage1.5_mid_training.yaml")
+    p = subprocess.run([sys.executable, "-c", _PROBE, cfg, "parallel.attention=flex",
+                        "train.recompute=selective", "train.loss_chunk_tokens=16"],
+                       capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("PROBE ")]
+    assert p.returncode == 0 and lines, p.stderr[-4000:]
+    assert json.loads(lines[-1][6:]) == {
+        "core": "FlexCoreAttention", "llm_core_checkpointed": True, "vision": "flex",
+        "vision_core": True, "vision_full": False, "chunk": 16}
+
+
 def test_trainer_flex_selective_chunked_equals_mask_full_logits(tmp_path):
     """The config reaches the model: two optimizer steps with flex attention, selective
     recompute and the chunked loss give the reference run's losses and gradient norms."""
