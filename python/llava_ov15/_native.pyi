@@ -241,6 +241,10 @@ class PackJob:
         """(tokenizer path, its sha256, min_pixels, max_pixels, caption_format)."""
     def plan(self, scans: list[bytes]) -> list[int]:
         """Decide packing and layout from every source's scan; indices still to copy."""
+    def add_scan(self, scan: bytes) -> None:
+        """The next source's scan (source order), decoded at once."""
+    def plan_added(self) -> list[int]:
+        """plan() from the scans given to add_scan."""
     def source_samples(self) -> int: ...
     def resumed(self) -> int: ...
     def copy_work(self, k: int) -> bytes: ...

@@ -24,6 +24,8 @@ fn caption_format(s: &str) -> PyResult<bucketer::CaptionFormat> {
 #[pyclass(module = "llava_ov15._native")]
 struct PackJob {
     job: Job,
+    /// Scans handed over one by one (`add_scan`), so the driver never holds their bytes too.
+    scans: Vec<packer::pack::ShardScan>,
 }
 
 #[pymethods]
@@ -68,7 +70,10 @@ impl PackJob {
         o.overwrite = overwrite;
         o.progress = crate::parse_progress(progress)?;
         let job = py.detach(|| Job::open(&o)).map_err(crate::to_py_err)?;
-        Ok(PackJob { job })
+        Ok(PackJob {
+            job,
+            scans: Vec::new(),
+        })
     }
 
     fn is_complete(&self) -> bool {
@@ -111,6 +116,20 @@ impl PackJob {
     /// Samples in all scanned source shards (0 before `plan`).
     fn source_samples(&self) -> usize {
         self.job.source_samples()
+    }
+
+    /// Take the next source's scan (in source order), decoded at once.
+    fn add_scan(&mut self, scan: &[u8]) -> PyResult<()> {
+        let s = decode_scan(scan).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        self.scans.push(s);
+        Ok(())
+    }
+
+    /// `plan` from the scans given to `add_scan`.
+    fn plan_added(&mut self, py: Python<'_>) -> PyResult<Vec<usize>> {
+        let scans = std::mem::take(&mut self.scans);
+        let job = &mut self.job;
+        py.detach(|| job.plan(scans)).map_err(crate::to_py_err)
     }
 
     fn resumed(&self) -> u64 {

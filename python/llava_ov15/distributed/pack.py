@@ -76,12 +76,13 @@ def pack_on_ray(
         _log(progress, f"measuring {len(sources)} source shards on Ray ({len(cluster.nodes)} "
              f"node(s), {cluster.cpus} CPUs)")
         t0 = time.monotonic()
-        scans = run_tasks(_scan, [(p,) for p in sources], phase="pack-scan",
-                          common=job.scan_options(), progress=progress, accounting=acc)
+        # In source order; each scan is decoded as it arrives and its bytes dropped.
+        run_tasks(_scan, [(p,) for p in sources], phase="pack-scan", common=job.scan_options(),
+                  on_result=lambda i, scan: job.add_scan(scan), progress=progress,
+                  accounting=acc)
         t_scan = time.monotonic() - t0
         t1 = time.monotonic()
-        todo = job.plan(scans)
-        del scans
+        todo = job.plan_added()
         t_pack = time.monotonic() - t1
         if job.resumed():
             _log(progress, f"resuming, {job.resumed()} of {len(sources)} source shards already "
