@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV = $(shell SKIP_BUILD=1 QUIET_SETUP=1 scripts/setup.sh 2>/dev/null | tail -n 1)
 PY = $(VENV)/bin/python
 
-.PHONY: help setup activate demo test test-rust test-python lint fmt bench wheel clean
+.PHONY: help setup activate demo test test-rust test-python lint fmt bench bench-gpu wheel clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,8 +39,13 @@ fmt: ## format Rust and Python sources
 
 bench: setup ## criterion benches + every benches/*.py (ratios against peers in the same run)
 	cargo bench -p llava-packer
-	for b in compare_build preprocess loader_iter pack_fill model_forward train_step; do \
-		$(PY) benches/$$b.py || exit 1; done
+	for b in compare_build preprocess loader_iter pack_fill model_forward train_step \
+		text_clean dedup_quality loss_memory serve_load ray_overhead ray_build; do \
+		PYTHONPATH=python $(PY) benches/$$b.py || exit 1; done
+	PYTHONPATH=python $(PY) benches/dedup_search.py --sizes 1M --faiss-max 100k
+
+bench-gpu: setup ## trainer throughput/MFU at the 8B/4B layer shapes (needs a CUDA GPU)
+	PYTHONPATH=python $(PY) benches/train_gpu.py
 
 wheel: ## build a release wheel into dist/
 	$(VENV)/bin/maturin build --release --out dist
