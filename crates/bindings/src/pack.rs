@@ -36,6 +36,37 @@ fn pack(
     caption_format: &str,
     exclude: Option<PathBuf>,
 ) -> PyResult<String> {
+    let mut o = pack_options(
+        (input, output, tokenizer),
+        max_len,
+        max_image_tokens,
+        (min_pixels, max_pixels),
+        (prefix, packs_per_shard, shard_size),
+        (resume, overwrite),
+        progress,
+        caption_format,
+        exclude,
+    )?;
+    o.workers = workers;
+    o.validate().map_err(crate::to_py_err)?;
+    let s = crate::run_cancellable(py, "llava-pack-pack", move |c| packer::pack(&o, c))?;
+    Ok(serde_json::to_string(&s).expect("summary serialises"))
+}
+
+/// The options `pack(...)` and the Ray driver's `PackJob(...)` share, parsed one way for both
+/// (arguments grouped as in their Python signatures).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_options(
+    (input, output, tokenizer): (PathBuf, PathBuf, PathBuf),
+    max_len: u32,
+    max_image_tokens: Option<u32>,
+    (min_pixels, max_pixels): (u64, u64),
+    (prefix, packs_per_shard, shard_size): (String, u64, u64),
+    (resume, overwrite): (bool, bool),
+    progress: &str,
+    caption_format: &str,
+    exclude: Option<PathBuf>,
+) -> PyResult<PackOptions> {
     let mut o = PackOptions::new(input, output, tokenizer);
     o.exclude = exclude;
     o.caption_format = caption_format
@@ -48,13 +79,10 @@ fn pack(
     o.prefix = prefix;
     o.packs_per_shard = packs_per_shard;
     o.shard_size = shard_size;
-    o.workers = workers;
     o.resume = resume;
     o.overwrite = overwrite;
     o.progress = crate::parse_progress(progress)?;
-    o.validate().map_err(crate::to_py_err)?;
-    let s = crate::run_cancellable(py, "llava-pack-pack", move |c| packer::pack(&o, c))?;
-    Ok(serde_json::to_string(&s).expect("summary serialises"))
+    Ok(o)
 }
 
 /// Token-length / resolution distribution and buckets; writes `output/buckets.json` and

@@ -11,7 +11,6 @@ use packer::pack::{
     scan_shard, sha256_file, OutShard, PackJob as Job,
 };
 use packer::shard::ShardInfo;
-use packer::PackOptions;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -56,19 +55,17 @@ impl PackJob {
         caption_format: &str,
         exclude: Option<PathBuf>,
     ) -> PyResult<Self> {
-        let mut o = PackOptions::new(input, output, tokenizer);
-        o.exclude = exclude;
-        o.caption_format = self::caption_format(caption_format)?;
-        o.max_len = max_len;
-        o.max_image_tokens = max_image_tokens;
-        o.min_pixels = min_pixels;
-        o.max_pixels = max_pixels;
-        o.prefix = prefix;
-        o.packs_per_shard = packs_per_shard;
-        o.shard_size = shard_size;
-        o.resume = resume;
-        o.overwrite = overwrite;
-        o.progress = crate::parse_progress(progress)?;
+        let o = crate::pack::pack_options(
+            (input, output, tokenizer),
+            max_len,
+            max_image_tokens,
+            (min_pixels, max_pixels),
+            (prefix, packs_per_shard, shard_size),
+            (resume, overwrite),
+            progress,
+            caption_format,
+            exclude,
+        )?;
         let job = py.detach(|| Job::open(&o)).map_err(crate::to_py_err)?;
         Ok(PackJob {
             job,

@@ -194,6 +194,29 @@ pub fn splice(body: &[u8], source: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A sample's tar members in the order both writers append them: its images under their
+/// suffixes, then the JSON.
+pub fn members<'a>(
+    prep: &'a Prepared,
+    suffixes: &'a [String],
+    json: &'a [u8],
+) -> Vec<shard::Member<'a>> {
+    let mut members: Vec<shard::Member<'a>> = prep
+        .images
+        .iter()
+        .zip(suffixes)
+        .map(|(img, s)| shard::Member {
+            suffix: s,
+            data: &img.bytes,
+        })
+        .collect();
+    members.push(shard::Member {
+        suffix: "json",
+        data: json,
+    });
+    members
+}
+
 /// The `source` object of a sample's JSON.
 pub fn source_json(file: &str, line: u64, key: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"file": file, "line": line, "key": key}))

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use crate::error::{PackError, Result};
 use crate::input::{self, PartReader, Partition};
-use crate::shard::{self, Member, ShardInfo, ShardWriter};
+use crate::shard::{self, ShardInfo, ShardWriter};
 use crate::text::TextLog;
 
 use super::decide::{self, sample_body, splice, suffixes, Decider, Fate, SampleMeta};
@@ -485,20 +485,8 @@ fn write(opts: &BuildOptions, shard_no: u32) -> Result<ShardInfo> {
         let body = sample_body(&prep, &sfx);
         let source = decide::source_json(&names[pos.file], base.line + pos.line, key);
         let json = splice(&body, &source);
-        let mut members: Vec<Member<'_>> = prep
-            .images
-            .iter()
-            .zip(&sfx)
-            .map(|(img, s)| Member {
-                suffix: s,
-                data: &img.bytes,
-            })
-            .collect();
-        members.push(Member {
-            suffix: "json",
-            data: &json,
-        });
-        w.append(key, &members).map_err(oerr(out))?;
+        w.append(key, &decide::members(&prep, &sfx, &json))
+            .map_err(oerr(out))?;
     }
     if w.bytes() != sp.bytes {
         return Err(changed(format!(

@@ -9,9 +9,11 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use crate::error::{PackError, Result};
-use crate::shard::{self, FinishingShard, Member, ShardWriter};
+use crate::shard::{self, FinishingShard, ShardWriter};
 
-use super::decide::{sample_body, splice, suffixes, CloseState, Decider, Fate, SampleMeta};
+use super::decide::{
+    members, sample_body, splice, suffixes, CloseState, Decider, Fate, SampleMeta,
+};
 use super::options::BuildOptions;
 use super::process::{Outcome, Processed};
 use super::state::{write_atomic, Checkpoint, StatePaths};
@@ -90,21 +92,8 @@ impl Writer {
             self.shard = Some(w);
         }
         let json = splice(&body, &placed.source);
-        let mut members: Vec<Member<'_>> = prep
-            .images
-            .iter()
-            .zip(&suffixes)
-            .map(|(img, s)| Member {
-                suffix: s,
-                data: &img.bytes,
-            })
-            .collect();
-        members.push(Member {
-            suffix: "json",
-            data: &json,
-        });
         let w = self.shard.as_mut().expect("the decider opened a shard");
-        w.append(&placed.key, &members)
+        w.append(&placed.key, &members(&prep, &suffixes, &json))
             .map_err(|e| PackError::output(&self.out, e))
     }
 
