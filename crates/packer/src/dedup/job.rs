@@ -3,7 +3,7 @@
 //! and with `--rewrite` a shard directory without the dropped samples.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -187,6 +187,38 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     o.validate()?;
     let t0 = Instant::now();
     let meter = Meter::start(o.progress);
+    let read = read_local(o, &meter, cancel)?;
+    run(o, read, t0, &meter, cancel)
+}
+
+/// What the search needs from the build outputs: the `--input` corpus and the images of the
+/// `--against` directories as references (in directory order).
+pub struct Read {
+    pub corpus: Corpus,
+    pub against: Vec<Reference>,
+}
+
+/// `other`'s hashed images as references, labelled with its directory and sample keys.
+pub fn against_refs(dir: &Path, other: &Corpus) -> Vec<Reference> {
+    let label = dir.display().to_string();
+    let mut refs = Vec::new();
+    for (img, h) in other.hash.iter().enumerate() {
+        if let Some(h) = h {
+            let s = &other.samples[other.sample_of[img] as usize];
+            refs.push(Reference {
+                hash: *h,
+                source: label.clone(),
+                row: json!(s.key),
+            });
+        }
+    }
+    refs
+}
+
+/// Read `--input` and every `--against` here (rayon over the shards of each directory); an
+/// `--against` corpus is dropped once its references are taken.
+fn read_local(o: &DedupOptions, meter: &Meter, cancel: &AtomicBool) -> Result<Read> {
+    let t0 = Instant::now();
     meter.phase("reading");
     let corpus = Corpus::read(&o.input, "--input", cancel, Some(meter.tally()))?;
     meter.say(format_args!(
@@ -196,23 +228,30 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
         corpus.shards.len(),
         t0.elapsed().as_secs_f64()
     ));
-    let mut refs: Vec<Reference> = o.references.clone();
+    let mut against = Vec::new();
     for dir in &o.against {
         meter.phase("--against");
         let other = Corpus::read(dir, "--against", cancel, Some(meter.tally()))?;
-        let label = dir.display().to_string();
-        for (img, h) in other.hash.iter().enumerate() {
-            if let Some(h) = h {
-                let s = &other.samples[other.sample_of[img] as usize];
-                refs.push(Reference {
-                    hash: *h,
-                    source: label.clone(),
-                    row: json!(s.key),
-                });
-            }
-        }
+        against.extend(against_refs(dir, &other));
+        let label = dir.display();
         meter.say(format_args!("--against {label}: {} images", other.images()));
     }
+    Ok(Read { corpus, against })
+}
+
+/// Everything after the read — search, clusters, keepers, contamination, the output files
+/// and `--rewrite` — for a corpus read here or by Ray tasks (`super::ray`). `o` is validated
+/// by the caller; `t0` is the job's start, for `seconds`.
+pub(crate) fn run(
+    o: &DedupOptions,
+    read: Read,
+    t0: Instant,
+    meter: &Meter,
+    cancel: &AtomicBool,
+) -> Result<DedupSummary> {
+    let Read { corpus, against } = read;
+    let mut refs: Vec<Reference> = o.references.clone();
+    refs.extend(against);
 
     // Training images with a hash, then the references, in one search.
     let hashed: Vec<u32> = (0..corpus.images() as u32)
