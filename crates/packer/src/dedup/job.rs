@@ -3,7 +3,7 @@
 //! and with `--rewrite` a shard directory without the dropped samples.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -11,10 +11,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::cluster::{KeepRule, UnionFind};
-use super::corpus::Corpus;
 use super::keepers;
 use super::outputs::{Outputs, CLUSTERS, CONTAMINATION, DROP, STATS};
 use super::progress::Meter;
+use super::read::{read_local, Read};
 use super::rewrite::{self, RewriteSummary};
 use super::search::{search_distinct_tallied, Distinct, SearchError, MAX_DISTANCE};
 use super::verify::{dhashes, Linker, Verify, DEFAULT_VERIFY_DISTANCE};
@@ -189,54 +189,6 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     let meter = Meter::start(o.progress);
     let read = read_local(o, &meter, cancel)?;
     run(o, read, t0, &meter, cancel)
-}
-
-/// What the search needs from the build outputs: the `--input` corpus and the images of the
-/// `--against` directories as references (in directory order).
-pub struct Read {
-    pub corpus: Corpus,
-    pub against: Vec<Reference>,
-}
-
-/// `other`'s hashed images as references, labelled with its directory and sample keys.
-pub fn against_refs(dir: &Path, other: &Corpus) -> Vec<Reference> {
-    let label = dir.display().to_string();
-    let mut refs = Vec::new();
-    for (img, h) in other.hash.iter().enumerate() {
-        if let Some(h) = h {
-            let s = &other.samples[other.sample_of[img] as usize];
-            refs.push(Reference {
-                hash: *h,
-                source: label.clone(),
-                row: json!(s.key),
-            });
-        }
-    }
-    refs
-}
-
-/// Read `--input` and every `--against` here (rayon over the shards of each directory); an
-/// `--against` corpus is dropped once its references are taken.
-fn read_local(o: &DedupOptions, meter: &Meter, cancel: &AtomicBool) -> Result<Read> {
-    let t0 = Instant::now();
-    meter.phase("reading");
-    let corpus = Corpus::read(&o.input, "--input", cancel, Some(meter.tally()))?;
-    meter.say(format_args!(
-        "read {} samples, {} images from {} shards ({:.1}s)",
-        corpus.samples.len(),
-        corpus.images(),
-        corpus.shards.len(),
-        t0.elapsed().as_secs_f64()
-    ));
-    let mut against = Vec::new();
-    for dir in &o.against {
-        meter.phase("--against");
-        let other = Corpus::read(dir, "--against", cancel, Some(meter.tally()))?;
-        against.extend(against_refs(dir, &other));
-        let label = dir.display();
-        meter.say(format_args!("--against {label}: {} images", other.images()));
-    }
-    Ok(Read { corpus, against })
 }
 
 /// Everything after the read — search, clusters, keepers, contamination, the output files

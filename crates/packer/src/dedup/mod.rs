@@ -9,6 +9,7 @@
 //! - [`rewrite`]: `--rewrite OUT/`, a shard directory without the dropped samples.
 //! - [`exclude`]: reading `drop.txt` for `--exclude` (pack, buckets).
 //! - [`job`]: the job itself and its all-or-nothing outputs.
+//! - [`read`]: reading `--input` and `--against` here.
 //! - [`ray`], [`wire`]: the job with its read phase done by other processes (Ray tasks), and
 //!   the bytes those send back.
 
@@ -20,6 +21,7 @@ pub mod keepers;
 mod outputs;
 mod progress;
 pub mod ray;
+pub mod read;
 pub mod rewrite;
 pub mod search;
 pub mod verify;

@@ -20,8 +20,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use super::corpus::{CorpusBuilder, CorpusDir, ShardRows};
-use super::job::{against_refs, run, DedupOptions, DedupSummary, Read, Reference};
+use super::job::{run, DedupOptions, DedupSummary, Reference};
 use super::progress::Meter;
+use super::read::{against_refs, Read};
 use crate::error::{PackError, Result};
 
 pub struct DedupJob {
