@@ -27,6 +27,32 @@ def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
     return p
 
 
+def ray_task_pids(name: str) -> list[int]:
+    """Ray worker processes running task `name` (their title is `ray::name`), to kill one
+    mid-task for real."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(f"ray::{name}".encode()):
+                pids.append(int(d.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One private local Ray (2 CPUs) per test module that asks for it: starting Ray takes
+    seconds, and jobs given ``ray_address="local"`` inside it use it."""
+    pytest.importorskip("ray")
+    from llava_ov15.distributed import connect
+
+    with connect("local", num_cpus=2) as c:
+        yield c
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -18,21 +18,14 @@ import pytest
 
 pytest.importorskip("ray")
 
-from conftest import jpeg_bytes, png_bytes, run_cli  # noqa: E402
+from conftest import jpeg_bytes, png_bytes, ray_task_pids, run_cli  # noqa: E402
 from llava_ov15 import pack  # noqa: E402
 from llava_ov15.distributed import build as ray_build  # noqa: E402
-from llava_ov15.distributed import connect  # noqa: E402
 from llava_ov15.distributed.tasks import FAULT_PAUSE_ENV  # noqa: E402
 
 # Text cleaning with a report and caption dedup: their per-record logs travel as metadata.
 OPTIONS = {"samples_per_shard": 4, "progress": "quiet", "workers": 1, "text_report": 3,
            "dedup_text": True}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with connect("local", num_cpus=2) as c:
-        yield c
 
 
 def _image(rng: random.Random, i: int) -> bytes:
@@ -152,19 +145,6 @@ def test_pack_build_and_the_cli_take_a_ray_address(cluster, corpus, reference, t
     _assert_same(tmp_path / "cli", reference)
 
 
-def _worker_pids(phase: str) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if f"ray::llava-{phase}".encode() in cmd:
-                pids.append(int(d.name))
-    return pids
-
-
 def _when(cond, action, timeout: float = 60.0) -> threading.Thread:
     """Run `action()` in a thread as soon as `cond()` holds."""
     def run():
@@ -188,13 +168,13 @@ def test_a_worker_killed_mid_task_changes_nothing(cluster, corpus, reference, tm
     killed: list[int] = []
 
     def kill():
-        pids = _worker_pids("build-write")
+        pids = ray_task_pids("llava-build-write")
         if pids:
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    watcher = _when(lambda: done.is_dir() and any(done.iterdir()) and _worker_pids("build-write"),
-                    kill)
+    watcher = _when(lambda: done.is_dir() and any(done.iterdir())
+                    and ray_task_pids("llava-build-write"), kill)
     _ray(corpus, out, partition_bytes=2000)
     watcher.join()
     assert killed, "no write task was caught mid-task"

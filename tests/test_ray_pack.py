@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, tree_digest
+from conftest import ray_task_pids, run_cli, tree_digest
 
 ray = pytest.importorskip("ray")
 
 from llava_ov15 import pack  # noqa: E402
 from llava_ov15.data.tokenizer import qwen_tokenizer_json  # noqa: E402
 from llava_ov15.demo.corpus import CorpusSpec, write_corpus  # noqa: E402
-from llava_ov15.distributed import connect  # noqa: E402
 from llava_ov15.distributed.tasks import FAULT_PAUSE_ENV  # noqa: E402
 
 OPTS = {"max_len": 2048, "packs_per_shard": 5, "progress": "quiet"}
@@ -65,13 +64,6 @@ def reference(shards, tokenizer, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One private local Ray for the module (starting Ray takes seconds)."""
-    with connect("local", num_cpus=2) as c:
-        yield c
-
-
 def test_pack_on_ray_writes_the_same_files_as_one_process(shards, tokenizer, reference,
                                                           cluster, tmp_path):
     out = tmp_path / "out"
@@ -85,20 +77,6 @@ def test_pack_on_ray_writes_the_same_files_as_one_process(shards, tokenizer, ref
     # Metadata only crosses the object store, never image bytes.
     source_bytes = sum(p.stat().st_size for p in shards.glob("*.tar"))
     assert 0 < r["object_store_bytes"] < source_bytes / 10
-
-
-def _task_pids(name: str) -> list[int]:
-    """Ray worker processes running task `name` (their title is `ray::name`)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmd.startswith(f"ray::{name}".encode()):
-                pids.append(int(d.name))
-    return pids
 
 
 def test_killing_a_worker_mid_copy_task_gives_the_same_output(shards, tokenizer, reference,
@@ -119,7 +97,7 @@ def test_killing_a_worker_mid_copy_task_gives_the_same_output(shards, tokenizer,
     killed = None
     deadline = time.monotonic() + 60
     while killed is None and time.monotonic() < deadline and t.is_alive():
-        pids = _task_pids("llava-pack-copy")
+        pids = ray_task_pids("llava-pack-copy")
         if pids:
             killed = pids[0]
             os.kill(killed, signal.SIGKILL)

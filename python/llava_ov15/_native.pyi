@@ -270,3 +270,39 @@ def pack_copy(work: bytes) -> int:
 
 def pack_finalize_shard(output: str, name: str, offsets: bytes, bytes: int) -> str:
     """fsync, .tar.idx, rename, sha256 of one output shard."""
+
+# --- dedup on Ray (crates/bindings/src/ray_dedup.rs; orchestrated by llava_ov15.distributed.dedup)
+
+class DedupJob:
+    """The driver's side of a dedup job whose read phase runs elsewhere: open (options
+    validated, directories checked) → add rows in shard order → run (the local job's search,
+    clustering and all-or-nothing outputs)."""
+
+    def __init__(
+        self,
+        input: str,
+        output: str,
+        *,
+        max_distance: int = 8,
+        keep: str = "largest",
+        multi_image: str = "any",
+        verify: str | None = None,
+        verify_distance: int = 10,
+        against: list[str] = ...,
+        references: list[tuple[int, str, int]] = ...,
+        rewrite: str | None = None,
+        overwrite: bool = False,
+        progress: str = "auto",
+    ) -> None: ...
+    def dirs(self) -> list[tuple[str, str, list[tuple[str, tuple[int, int] | None]]]]:
+        """Per directory (--input, then each --against): (path, "--input"|"--against",
+        [(shard name, (samples, bytes) from the manifest or None), …]) in shard order."""
+    def add(self, dir: int, rows: bytes) -> None:
+        """The next shards' rows of directory ``dir`` (a dedup_read_shards result)."""
+    def run(self) -> str:
+        """Search, cluster, write the outputs; dedup_stats.json as JSON. Once only."""
+
+def dedup_read_shards(
+    dir: str, what: str, shards: list[tuple[str, tuple[int, int] | None]]
+) -> bytes:
+    """A read task: the keys, phashes, pixels and dhashes of ``shards`` of ``dir``."""

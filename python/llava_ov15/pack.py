@@ -306,6 +306,7 @@ def dedup(
     overwrite: bool = False,
     contact_sheet: bool = True,
     progress: Literal["auto", "bar", "log", "quiet"] = "auto",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Near-duplicate removal over a `build` output's perceptual hashes (no image is decoded).
 
@@ -320,6 +321,9 @@ def dedup(
     ``rewrite``: also write a shard directory without the dropped samples (same format as a
     build, kept samples copied byte for byte; ``overwrite`` replaces an existing one); its
     summary is ``stats["rewrite"]``.
+    ``ray_address`` (``"auto"``, ``"ray://host:port"``, or ``"local"`` for a private one): read
+    the hashes of ``input`` and of the ``against`` build outputs with Ray tasks; the search and
+    the outputs stay on this machine and are the same files. The stats gain ``"ray"``.
     """
     from llava_ov15 import dedup as helpers
 
@@ -347,13 +351,18 @@ def dedup(
                 raise ValueError(f"--against {d}: not a llava-pack build output (no "
                                  "manifest.json or *.tar); for evaluation data add --benchmarks")
             other.append(os.fspath(d))
-    stats = json.loads(_native.dedup(
-        os.fspath(input), os.fspath(output), max_distance=int(max_distance), keep=keep,
-        multi_image=multi_image, verify=verify, verify_distance=int(verify_distance),
-        against=other, references=references,
-        rewrite=None if rewrite is None else os.fspath(rewrite), overwrite=overwrite,
-        progress=progress,
-    ))
+    options = dict(max_distance=int(max_distance), keep=keep, multi_image=multi_image,
+                   verify=verify, verify_distance=int(verify_distance), against=other,
+                   references=references,
+                   rewrite=None if rewrite is None else os.fspath(rewrite), overwrite=overwrite,
+                   progress=progress)
+    if ray_address is not None:
+        from llava_ov15.distributed.dedup import dedup_on_ray
+
+        stats = dedup_on_ray(os.fspath(input), os.fspath(output), ray_address=ray_address,
+                             **options)
+    else:
+        stats = json.loads(_native.dedup(os.fspath(input), os.fspath(output), **options))
     sheet = None
     if contact_sheet:
         refs = None

@@ -54,6 +54,41 @@ fn dedup(
     overwrite: bool,
     progress: &str,
 ) -> PyResult<String> {
+    let o = options(
+        input,
+        output,
+        max_distance,
+        keep,
+        multi_image,
+        verify,
+        verify_distance,
+        against,
+        references,
+        rewrite,
+        overwrite,
+        progress,
+    )?;
+    o.validate().map_err(crate::to_py_err)?;
+    let s = crate::run_cancellable(py, "llava-pack-dedup", move |c| packer::dedup::dedup(&o, c))?;
+    Ok(serde_json::to_string(&s).expect("summary serialises"))
+}
+
+/// `dedup(...)`'s keyword arguments as options (shared with `DedupJob`, the Ray driver's).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn options(
+    input: PathBuf,
+    output: PathBuf,
+    max_distance: u32,
+    keep: &str,
+    multi_image: &str,
+    verify: Option<&str>,
+    verify_distance: u32,
+    against: Vec<PathBuf>,
+    references: Vec<(u64, String, i64)>,
+    rewrite: Option<PathBuf>,
+    overwrite: bool,
+    progress: &str,
+) -> PyResult<DedupOptions> {
     let mut o = DedupOptions::new(input, output);
     o.max_distance = max_distance;
     o.keep = keep.parse().map_err(|e: String| PyValueError::new_err(e))?;
@@ -76,9 +111,7 @@ fn dedup(
     o.rewrite = rewrite;
     o.overwrite = overwrite;
     o.progress = crate::parse_progress(progress)?;
-    o.validate().map_err(crate::to_py_err)?;
-    let s = crate::run_cancellable(py, "llava-pack-dedup", move |c| packer::dedup::dedup(&o, c))?;
-    Ok(serde_json::to_string(&s).expect("summary serialises"))
+    Ok(o)
 }
 
 /// Hashes and, per image, why it could not be hashed.

@@ -15,6 +15,7 @@ mod lengths;
 mod loader;
 mod pack;
 mod ray_build;
+mod ray_dedup;
 mod ray_pack;
 
 pyo3::create_exception!(
@@ -123,5 +124,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ray_pack::register(m)?;
     loader::register(m)?;
     dedup::register(m)?;
+    ray_dedup::register(m)?;
     Ok(())
 }

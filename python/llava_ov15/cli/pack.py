@@ -442,6 +442,10 @@ def _dedup_parser(sub: argparse._SubParsersAction) -> None:
                    help="replace a previous dedup output (and --rewrite directory)")
     p.add_argument("--no-contact-sheet", action="store_true", help="skip contact_sheet.png")
     p.add_argument("--progress", choices=["auto", "bar", "log", "quiet"], default="auto")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="read the hashes on a Ray cluster, same output: auto (the cluster of "
+                   "this machine), ray://host:port, host:port, or local (a private Ray on this "
+                   "machine); needs pip install 'llava-ov15[ray]' (see docs/distributed.md)")
     p.set_defaults(func=_run_dedup)
 
 
@@ -456,7 +460,8 @@ def _run_dedup(args: argparse.Namespace) -> int:
                    multi_image=args.multi_image, verify=args.verify,
                    verify_distance=args.verify_distance, against=args.against, benchmarks=benches,
                    rewrite=args.rewrite, overwrite=args.overwrite,
-                   contact_sheet=not args.no_contact_sheet, progress=args.progress)
+                   contact_sheet=not args.no_contact_sheet, progress=args.progress,
+                   ray_address=args.ray)
     dropped = s["dropped"]
     print(f"images:   {s['images']} ({s['hashed_images']} hashed, {s['distinct_hashes']} distinct)")
     print(f"pairs:    {s['pairs']} within {s['max_distance']} bits in {s['clusters']} clusters")

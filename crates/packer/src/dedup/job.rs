@@ -11,10 +11,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::cluster::{KeepRule, UnionFind};
-use super::corpus::Corpus;
 use super::keepers;
 use super::outputs::{Outputs, CLUSTERS, CONTAMINATION, DROP, STATS};
 use super::progress::Meter;
+use super::read::{read_local, Read};
 use super::rewrite::{self, RewriteSummary};
 use super::search::{search_distinct_tallied, Distinct, SearchError, MAX_DISTANCE};
 use super::verify::{dhashes, Linker, Verify, DEFAULT_VERIFY_DISTANCE};
@@ -187,32 +187,23 @@ pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
     o.validate()?;
     let t0 = Instant::now();
     let meter = Meter::start(o.progress);
-    meter.phase("reading");
-    let corpus = Corpus::read(&o.input, "--input", cancel, Some(meter.tally()))?;
-    meter.say(format_args!(
-        "read {} samples, {} images from {} shards ({:.1}s)",
-        corpus.samples.len(),
-        corpus.images(),
-        corpus.shards.len(),
-        t0.elapsed().as_secs_f64()
-    ));
+    let read = read_local(o, &meter, cancel)?;
+    run(o, read, t0, &meter, cancel)
+}
+
+/// Everything after the read — search, clusters, keepers, contamination, the output files
+/// and `--rewrite` — for a corpus read here or by Ray tasks (`super::ray`). `o` is validated
+/// by the caller; `t0` is the job's start, for `seconds`.
+pub(crate) fn run(
+    o: &DedupOptions,
+    read: Read,
+    t0: Instant,
+    meter: &Meter,
+    cancel: &AtomicBool,
+) -> Result<DedupSummary> {
+    let Read { corpus, against } = read;
     let mut refs: Vec<Reference> = o.references.clone();
-    for dir in &o.against {
-        meter.phase("--against");
-        let other = Corpus::read(dir, "--against", cancel, Some(meter.tally()))?;
-        let label = dir.display().to_string();
-        for (img, h) in other.hash.iter().enumerate() {
-            if let Some(h) = h {
-                let s = &other.samples[other.sample_of[img] as usize];
-                refs.push(Reference {
-                    hash: *h,
-                    source: label.clone(),
-                    row: json!(s.key),
-                });
-            }
-        }
-        meter.say(format_args!("--against {label}: {} images", other.images()));
-    }
+    refs.extend(against);
 
     // Training images with a hash, then the references, in one search.
     let hashed: Vec<u32> = (0..corpus.images() as u32)

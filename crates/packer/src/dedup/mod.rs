@@ -9,6 +9,9 @@
 //! - [`rewrite`]: `--rewrite OUT/`, a shard directory without the dropped samples.
 //! - [`exclude`]: reading `drop.txt` for `--exclude` (pack, buckets).
 //! - [`job`]: the job itself and its all-or-nothing outputs.
+//! - [`read`]: reading `--input` and `--against` here.
+//! - [`ray`], [`wire`]: the job with its read phase done by other processes (Ray tasks), and
+//!   the bytes those send back.
 
 pub mod cluster;
 pub mod corpus;
@@ -17,9 +20,12 @@ pub mod job;
 pub mod keepers;
 mod outputs;
 mod progress;
+pub mod ray;
+pub mod read;
 pub mod rewrite;
 pub mod search;
 pub mod verify;
+pub mod wire;
 
 pub use cluster::{KeepRule, UnionFind};
 pub use exclude::read_exclude;

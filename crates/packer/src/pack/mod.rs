@@ -16,7 +16,7 @@ mod buckets;
 mod job;
 mod layout;
 mod scan;
-mod wire;
+pub(crate) mod wire;
 mod write;
 
 use std::path::PathBuf;

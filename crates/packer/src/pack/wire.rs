@@ -11,29 +11,33 @@ use super::write::CopyWork;
 const SCAN_MAGIC: &[u8; 4] = b"LPS1";
 const WORK_MAGIC: &[u8; 4] = b"LPW1";
 
+// Also used by dedup's shard rows (`dedup::wire`): one encoder for every cross-process format.
 #[derive(Default)]
-struct Enc(Vec<u8>);
+pub(crate) struct Enc(pub(crate) Vec<u8>);
 
 impl Enc {
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn str(&mut self, s: &str) {
+    pub(crate) fn str(&mut self, s: &str) {
         self.u64(s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
     }
 }
 
-struct Dec<'a> {
-    b: &'a [u8],
-    what: &'static str,
+pub(crate) struct Dec<'a> {
+    pub(crate) b: &'a [u8],
+    pub(crate) what: &'static str,
 }
 
 impl<'a> Dec<'a> {
-    fn bad(&self, msg: &str) -> io::Error {
+    pub(crate) fn bad(&self, msg: &str) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, format!("{}: {msg}", self.what))
     }
     fn take(&mut self, n: u64) -> io::Result<&'a [u8]> {
@@ -44,23 +48,26 @@ impl<'a> Dec<'a> {
         self.b = t;
         Ok(h)
     }
-    fn u32(&mut self) -> io::Result<u32> {
+    pub(crate) fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub(crate) fn u32(&mut self) -> io::Result<u32> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn u64(&mut self) -> io::Result<u64> {
+    pub(crate) fn u64(&mut self) -> io::Result<u64> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
-    fn str(&mut self) -> io::Result<String> {
+    pub(crate) fn str(&mut self) -> io::Result<String> {
         let n = self.u64()?;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| self.bad("string is not UTF-8"))
     }
-    fn magic(&mut self, m: &[u8; 4]) -> io::Result<()> {
+    pub(crate) fn magic(&mut self, m: &[u8; 4]) -> io::Result<()> {
         if self.take(4)? != m {
             return Err(self.bad("wrong format (different llava-ov15 versions?)"));
         }
         Ok(())
     }
-    fn end(&self) -> io::Result<()> {
+    pub(crate) fn end(&self) -> io::Result<()> {
         if self.b.is_empty() {
             Ok(())
         } else {

@@ -134,7 +134,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
 }
 
 /// A shard name and, when the manifest lists it, its expected (samples, bytes).
-type ListedShard = (String, Option<(u64, u64)>);
+pub type ListedShard = (String, Option<(u64, u64)>);
 
 /// Shards listed in the manifest (with expected sample counts and sizes), or every `*.tar`.
 fn shard_list(dir: &Path, manifest: Option<&Value>) -> Result<Vec<ListedShard>, ReadError> {
@@ -176,8 +176,21 @@ fn shard_list(dir: &Path, manifest: Option<&Value>) -> Result<Vec<ListedShard>, 
     Ok(names.into_iter().map(|n| (n, None)).collect())
 }
 
-impl ShardSet {
-    pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Self, ReadError> {
+/// A shard directory's manifest and shard list, no shard opened yet: what a caller needs to
+/// check a directory (packed? options?) or to hand its shards out to other processes, without
+/// mapping every shard here.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub dir: PathBuf,
+    pub manifest: Option<Value>,
+    /// `manifest.json` says `"kind": "packed"`.
+    pub packed: bool,
+    /// Shard names in order, with the manifest's expected (samples, bytes) when it lists them.
+    pub shards: Vec<ListedShard>,
+}
+
+impl Listing {
+    pub fn read(dir: impl AsRef<Path>) -> Result<Self, ReadError> {
         let dir = dir.as_ref().to_path_buf();
         let mpath = dir.join("manifest.json");
         let manifest: Option<Value> = match std::fs::read(&mpath) {
@@ -201,9 +214,33 @@ impl ShardSet {
             .and_then(|m| m.get("kind"))
             .and_then(Value::as_str)
             == Some("packed");
+        let shards = shard_list(&dir, manifest.as_ref())?;
+        Ok(Listing {
+            dir,
+            manifest,
+            packed,
+            shards,
+        })
+    }
+}
+
+impl ShardSet {
+    pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Self, ReadError> {
+        Self::from_listing(Listing::read(dir)?, opts)
+    }
+
+    /// Map and validate the shards of `listing` (a subset of a directory's shards is a
+    /// listing too: its global sample indices are then those of the subset).
+    pub fn from_listing(listing: Listing, opts: OpenOptions) -> Result<Self, ReadError> {
+        let Listing {
+            dir,
+            manifest,
+            packed,
+            shards: listed,
+        } = listing;
         let mut shards = Vec::new();
         let mut skipped = Vec::new();
-        for (name, expect) in shard_list(&dir, manifest.as_ref())? {
+        for (name, expect) in listed {
             match open_shard(&dir, &name, expect) {
                 Ok(s) => shards.push(s),
                 Err(e) if opts.skip_bad_shards && !matches!(e, ReadError::Manifest { .. }) => {
