@@ -40,7 +40,7 @@ fmt: ## format Rust and Python sources
 bench: setup ## criterion benches + every benches/*.py (ratios against peers in the same run)
 	cargo bench -p llava-packer
 	for b in compare_build preprocess loader_iter pack_fill model_forward train_step \
-		text_clean dedup_quality loss_memory serve_load ray_overhead ray_build; do \
+		text_clean dedup_quality loss_memory serve_load ray_overhead ray_build ray_dedup; do \
 		PYTHONPATH=python $(PY) benches/$$b.py || exit 1; done
 	PYTHONPATH=python $(PY) benches/dedup_search.py --sizes 1M --faiss-max 100k
 
