@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,35 @@ def ray_task_pids(name: str) -> list[int]:
             if cmd.startswith(f"ray::{name}".encode()):
                 pids.append(int(d.name))
     return pids
+
+
+def run_and_kill_a_task(job, task: str, what: str):
+    """Run `job()` in a thread and SIGKILL the first Ray worker seen running `task` (its
+    process title is `ray::task`; pause the task with FAULT_PAUSE_ENV so it is caught
+    mid-task). Returns (job's result, killed pid); fails if no task was seen or the job
+    raised."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = job()
+        except BaseException as e:  # reported by the assertion below
+            result["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline and t.is_alive():
+        pids = ray_task_pids(task)
+        if pids:
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    t.join(120)
+    assert killed is not None, f"no {what} task was seen running"
+    assert "error" not in result, result.get("error")
+    return result["value"], killed
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ray")
 
-from conftest import ray_task_pids, run_cli  # noqa: E402
+from conftest import run_and_kill_a_task, run_cli  # noqa: E402
 from llava_ov15 import pack  # noqa: E402
 from llava_ov15.demo.corpus import CorpusSpec, write_corpus  # noqa: E402
 from llava_ov15.distributed.dedup import READ_PHASE  # noqa: E402
@@ -106,30 +102,12 @@ def test_killing_a_read_worker_gives_the_same_files(corpus, reference, cluster, 
     # Each read task pauses 1 s after reading, before reporting: a kill then is mid-task.
     monkeypatch.setenv(FAULT_PAUSE_ENV, f"{READ_PHASE}=1.0")
     out = tmp_path / "out"
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            result["stats"] = pack.dedup(corpus[0], out, ray_address="local",
-                                         **_options(corpus, "against", out))
-        except BaseException as e:  # reported by the assertion below
-            result["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    killed = None
-    deadline = time.monotonic() + 60
-    while killed is None and time.monotonic() < deadline and t.is_alive():
-        pids = ray_task_pids(f"llava-{READ_PHASE}")
-        if pids:
-            killed = pids[0]
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
-    t.join(120)
-    assert killed is not None, "no read task was seen running"
-    assert "error" not in result, result.get("error")
+    stats, killed = run_and_kill_a_task(
+        lambda: pack.dedup(corpus[0], out, ray_address="local",
+                           **_options(corpus, "against", out)),
+        f"llava-{READ_PHASE}", "read")
     assert _digest(out) == reference["against"]
-    reads = result["stats"]["ray"]["tasks"]
+    reads = stats["ray"]["tasks"]
     assert killed not in {x["pid"] for x in reads}
 
 

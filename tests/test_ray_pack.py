@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ray_task_pids, run_cli, tree_digest
+from conftest import run_and_kill_a_task, run_cli, tree_digest
 
 ray = pytest.importorskip("ray")
 
@@ -84,30 +83,12 @@ def test_killing_a_worker_mid_copy_task_gives_the_same_output(shards, tokenizer,
     # Each copy task pauses 1.5 s after writing, before reporting: a kill then is mid-task.
     monkeypatch.setenv(FAULT_PAUSE_ENV, "pack-copy=1.5")
     out = tmp_path / "out"
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            result["summary"] = pack.pack(shards, out, tokenizer, ray_address="local", **OPTS)
-        except BaseException as e:  # reported by the assertion below
-            result["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    killed = None
-    deadline = time.monotonic() + 60
-    while killed is None and time.monotonic() < deadline and t.is_alive():
-        pids = ray_task_pids("llava-pack-copy")
-        if pids:
-            killed = pids[0]
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
-    t.join(120)
-    assert killed is not None, "no copy task was seen running"
-    assert "error" not in result, result.get("error")
+    summary, killed = run_and_kill_a_task(
+        lambda: pack.pack(shards, out, tokenizer, ray_address="local", **OPTS),
+        "llava-pack-copy", "copy")
     assert digest(out) == digest(reference)
     # The killed worker's task ran again elsewhere.
-    copies = [x for x in result["summary"]["ray"]["tasks"] if x["phase"] == "pack-copy"]
+    copies = [x for x in summary["ray"]["tasks"] if x["phase"] == "pack-copy"]
     assert killed not in {x["pid"] for x in copies}
 
 
