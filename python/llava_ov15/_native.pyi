@@ -189,24 +189,6 @@ def near_duplicates(hashes: object, max_distance: int) -> object:
     """All pairs ``i < j`` of a contiguous uint64 array within Hamming ``max_distance``
     (0..=16), exact: int64 array ``(n_pairs, 3)`` of ``[i, j, distance]``, sorted."""
 
-def dedup(
-    input: str,
-    output: str,
-    *,
-    max_distance: int = 8,
-    keep: str = "largest",
-    multi_image: str = "any",
-    verify: str | None = None,
-    verify_distance: int = 10,
-    against: list[str] = ...,
-    references: list[tuple[int, str, int]] = ...,
-    rewrite: str | None = None,
-    overwrite: bool = False,
-    progress: str = "auto",
-) -> str:
-    """Run a dedup job; returns ``dedup_stats.json`` as JSON. ``references``: benchmark image
-    hashes as ``(hash, benchmark, row)``."""
-
 def phash_images(images: list[bytes], mode: str = "fast") -> tuple[object, list[str | None]]:
     """The build's phash of each encoded image (uint64 array) and per image None or why it
     could not be hashed (hash 0)."""
@@ -271,12 +253,14 @@ def pack_copy(work: bytes) -> int:
 def pack_finalize_shard(output: str, name: str, offsets: bytes, bytes: int) -> str:
     """fsync, .tar.idx, rename, sha256 of one output shard."""
 
-# --- dedup on Ray (crates/bindings/src/ray_dedup.rs; orchestrated by llava_ov15.distributed.dedup)
+# --- dedup (crates/bindings/src/dedup.rs; the Ray read task in ray_dedup.rs, orchestrated by
+# llava_ov15.distributed.dedup)
 
 class DedupJob:
-    """The driver's side of a dedup job whose read phase runs elsewhere: open (options
-    validated, directories checked) → add rows in shard order → run (the local job's search,
-    clustering and all-or-nothing outputs)."""
+    """A dedup job: open (options validated, directories checked) → every shard's rows, read
+    here (``run(read_here=True)``) or by Ray tasks (``dedup_read_shards``, handed over with
+    ``add`` in shard order) → run (search, clustering and all-or-nothing outputs).
+    ``references``: benchmark image hashes as ``(hash, benchmark, row)``."""
 
     def __init__(
         self,
@@ -299,8 +283,9 @@ class DedupJob:
         [(shard name, (samples, bytes) from the manifest or None), …]) in shard order."""
     def add(self, dir: int, rows: bytes) -> None:
         """The next shards' rows of directory ``dir`` (a dedup_read_shards result)."""
-    def run(self) -> str:
-        """Search, cluster, write the outputs; dedup_stats.json as JSON. Once only."""
+    def run(self, *, read_here: bool = False) -> str:
+        """Search, cluster, write the outputs (``read_here``: read every shard in this process
+        first); dedup_stats.json as JSON. Once only."""
 
 def dedup_read_shards(
     dir: str, what: str, shards: list[tuple[str, tuple[int, int] | None]]

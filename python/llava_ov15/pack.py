@@ -362,7 +362,8 @@ def dedup(
         stats = dedup_on_ray(os.fspath(input), os.fspath(output), ray_address=ray_address,
                              **options)
     else:
-        stats = json.loads(_native.dedup(os.fspath(input), os.fspath(output), **options))
+        job = _native.DedupJob(os.fspath(input), os.fspath(output), **options)
+        stats = json.loads(job.run(read_here=True))
     sheet = None
     if contact_sheet:
         refs = None

@@ -59,7 +59,7 @@ def read_tasks(dirs: list, shards_per_task: int) -> list[tuple[int, str, str, li
 def dedup_on_ray(input: str, output: str, *, ray_address: str, progress: str = "auto",
                  num_cpus: int | None = None, shards_per_task: int | None = None,
                  **options: Any) -> dict[str, Any]:
-    """Run ``_native.dedup(input, output, **options)`` with its read phase on the Ray cluster
+    """Run ``_native.DedupJob(input, output, **options)`` with its read phase on the Ray cluster
     at ``ray_address``; returns the same stats plus ``"ray"`` (tasks, object-store bytes,
     per-task timings, driver CPU seconds). ``shards_per_task``: default, the shards spread
     over about ``TASKS_PER_CPU`` tasks per cluster CPU."""

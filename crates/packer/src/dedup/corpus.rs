@@ -121,6 +121,27 @@ impl CorpusDir {
         &self.listing.dir
     }
 
+    /// Every shard's rows, read in this process (rayon over the shards), in shard order;
+    /// `tally` counts samples.
+    pub fn read_here(
+        &self,
+        cancel: &AtomicBool,
+        tally: Option<Tally<'_>>,
+    ) -> Result<Vec<ShardRows>> {
+        let set = ShardSet::from_listing(self.listing.clone(), OpenOptions::default())
+            .map_err(|e| input_err(self.dir(), &self.what, e.to_string()))?;
+        if let Some(t) = tally {
+            let samples: usize = set.shards.iter().map(|s| s.samples()).sum();
+            t.total.store(samples as u64, Ordering::Relaxed);
+        }
+        let per_shard: Vec<Result<ShardRows>> = (0..set.shards.len())
+            .into_par_iter()
+            .map(|s| read_shard(&set, s, &self.what, cancel, tally))
+            .collect();
+        // Sequentially, so the error reported is the first shard's, whatever the threads did.
+        per_shard.into_iter().collect()
+    }
+
     /// An empty corpus of this directory, filled shard by shard in order.
     pub fn builder(&self) -> CorpusBuilder {
         CorpusBuilder {
@@ -142,7 +163,7 @@ fn input_err(dir: &Path, what: &str, m: String) -> PackError {
 }
 
 /// Read the rows of shards `listed` of `dir` (a subset, e.g. one Ray task's), one shard after
-/// the other: `what` names the directory in errors, as [`Corpus::read`] does.
+/// the other: `what` names the directory in errors, as [`CorpusDir::read_here`] does.
 pub fn read_shards(
     dir: &Path,
     what: &str,
@@ -287,31 +308,6 @@ impl CorpusBuilder {
 impl Corpus {
     pub fn images(&self) -> usize {
         self.hash.len()
-    }
-
-    /// Read `dir`; `what` names it in errors (`--input`, `--against`). `tally` counts samples.
-    pub fn read(
-        dir: &Path,
-        what: &str,
-        cancel: &AtomicBool,
-        tally: Option<Tally<'_>>,
-    ) -> Result<Corpus> {
-        let cd = CorpusDir::open(dir, what)?;
-        let set = ShardSet::from_listing(cd.listing.clone(), OpenOptions::default())
-            .map_err(|e| input_err(dir, what, e.to_string()))?;
-        if let Some(t) = tally {
-            let samples: usize = set.shards.iter().map(|s| s.samples()).sum();
-            t.total.store(samples as u64, Ordering::Relaxed);
-        }
-        let per_shard: Vec<Result<ShardRows>> = (0..set.shards.len())
-            .into_par_iter()
-            .map(|s| read_shard(&set, s, what, cancel, tally))
-            .collect();
-        let mut b = cd.builder();
-        for rows in per_shard {
-            b.push(rows?)?;
-        }
-        b.finish()
     }
 }
 

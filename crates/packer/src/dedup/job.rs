@@ -14,7 +14,7 @@ use super::cluster::{KeepRule, UnionFind};
 use super::keepers;
 use super::outputs::{Outputs, CLUSTERS, CONTAMINATION, DROP, STATS};
 use super::progress::Meter;
-use super::read::{read_local, Read};
+use super::read::{DedupJob, Read};
 use super::rewrite::{self, RewriteSummary};
 use super::search::{search_distinct_tallied, Distinct, SearchError, MAX_DISTANCE};
 use super::verify::{dhashes, Linker, Verify, DEFAULT_VERIFY_DISTANCE};
@@ -182,18 +182,17 @@ fn search_err(e: SearchError) -> PackError {
     }
 }
 
-/// Run a dedup job (see the module docs); returns what `dedup_stats.json` holds.
+/// Run a dedup job in this process (see the module docs); returns what `dedup_stats.json`
+/// holds.
 pub fn dedup(o: &DedupOptions, cancel: &AtomicBool) -> Result<DedupSummary> {
-    o.validate()?;
-    let t0 = Instant::now();
-    let meter = Meter::start(o.progress);
-    let read = read_local(o, &meter, cancel)?;
-    run(o, read, t0, &meter, cancel)
+    let mut job = DedupJob::open(o.clone())?;
+    job.read_here(cancel)?;
+    job.run(cancel)
 }
 
 /// Everything after the read — search, clusters, keepers, contamination, the output files
-/// and `--rewrite` — for a corpus read here or by Ray tasks (`super::ray`). `o` is validated
-/// by the caller; `t0` is the job's start, for `seconds`.
+/// and `--rewrite` — for a corpus read here or by Ray tasks (`super::read`). `o` is
+/// validated by the caller; `t0` is the job's start, for `seconds`.
 pub(crate) fn run(
     o: &DedupOptions,
     read: Read,

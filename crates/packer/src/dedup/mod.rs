@@ -9,9 +9,8 @@
 //! - [`rewrite`]: `--rewrite OUT/`, a shard directory without the dropped samples.
 //! - [`exclude`]: reading `drop.txt` for `--exclude` (pack, buckets).
 //! - [`job`]: the job itself and its all-or-nothing outputs.
-//! - [`read`]: reading `--input` and `--against` here.
-//! - [`ray`], [`wire`]: the job with its read phase done by other processes (Ray tasks), and
-//!   the bytes those send back.
+//! - [`read`]: the job in steps (open, read here or add rows read by Ray tasks, run); [`wire`]:
+//!   the bytes those tasks send back.
 
 pub mod cluster;
 pub mod corpus;
@@ -20,7 +19,6 @@ pub mod job;
 pub mod keepers;
 mod outputs;
 mod progress;
-pub mod ray;
 pub mod read;
 pub mod rewrite;
 pub mod search;
@@ -30,5 +28,6 @@ pub mod wire;
 pub use cluster::{KeepRule, UnionFind};
 pub use exclude::read_exclude;
 pub use job::{dedup, DedupOptions, DedupSummary, MultiImage, Reference, DEFAULT_MAX_DISTANCE};
+pub use read::DedupJob;
 pub use search::{near_duplicates, Pair, SearchError, MAX_DISTANCE};
 pub use verify::{Verify, DEFAULT_VERIFY_DISTANCE};

@@ -1,4 +1,4 @@
-//! The rows of a group of shards as a Ray read task returns them (see [`super::ray`]): the
+//! The rows of a group of shards as a Ray read task returns them (see [`super::read`]): the
 //! pack wire's little-endian integers and length-prefixed keys, a magic + version first.
 //! Per image a flags byte says which hashes follow, so a sample costs its key plus 17–25
 //! bytes per image — the bytes the driver would have read from the jsons, minus the json.
